@@ -1,0 +1,93 @@
+"""The node's side of Celery: the shared configuration and sending jobs.
+
+The node never imports the worker's task code: it sends ``worker.run_job`` by
+name. Redis is only a transport (DESIGN.md promise 2): a job row is written
+first (the outbox), then sent; the supervisor re-sends what was never sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.result import AsyncResult
+from pipelines.manifest import JobRequest
+
+from dicom_node.settings import BrokerSettings
+
+__all__ = ["RUN_JOB_TASK", "celery_config", "make_producer", "send_job", "task_state"]
+
+RUN_JOB_TASK = "worker.run_job"
+
+#: The longest a pipeline may run before Redis re-delivers an unacknowledged task.
+VISIBILITY_TIMEOUT_S = 4 * 3600
+
+
+def celery_config(settings: BrokerSettings) -> dict[str, Any]:
+    """Celery settings shared by the node (producer) and the workers.
+
+    Parameters
+    ----------
+    settings : BrokerSettings
+        Broker and result backend URLs.
+
+    Returns
+    -------
+    dict[str, Any]
+        Keyword settings for ``Celery.conf.update``.
+    """
+    return {
+        "broker_url": settings.url,
+        "result_backend": settings.backend_url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        # Long GPU jobs: acknowledge after the work, requeue if the process dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_track_started": True,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "result_expires": 7 * 24 * 3600,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": "cpu",
+        "worker_hijack_root_logger": False,
+    }
+
+
+def make_producer(settings: BrokerSettings) -> Celery:
+    """A Celery app that only sends tasks and reads their states."""
+    app = Celery("dicom_node")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def send_job(
+    app: Celery, request: JobRequest, *, queue: str, soft_time_limit: int, time_limit: int
+) -> str:
+    """Publish one job; the task ID is derived from the job and attempt.
+
+    Raises
+    ------
+    kombu.exceptions.OperationalError
+        If the broker cannot be reached after a short retry; the job stays
+        in the outbox and is sent on a later pass.
+    """
+    task_id = f"job-{request.job_id}-{request.attempt}"
+    app.send_task(
+        RUN_JOB_TASK,
+        args=[request.model_dump(mode="json")],
+        task_id=task_id,
+        queue=queue,
+        soft_time_limit=soft_time_limit,
+        time_limit=time_limit,
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+    )
+    return task_id
+
+
+def task_state(app: Celery, task_id: str) -> str:
+    """Celery's state of a task (PENDING, STARTED, SUCCESS, FAILURE, ...)."""
+    return str(AsyncResult(task_id, app=app).state)

@@ -1,0 +1,48 @@
+"""``dicom-node serve``: receive studies, route them, dispatch jobs, export results."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+from pipelines.errors import PipelineConfigError
+
+from dicom_node.cli.options import build_settings, common_options, configure_logging
+from dicom_node.node import Node
+
+logger = logging.getLogger(__name__)
+
+
+@click.command()
+@common_options
+@click.option("--port", type=int, default=None, help="Override scp.port.")
+def serve(config: Path | None, verbose: int, quiet: bool, port: int | None) -> int:
+    """Run the node until SIGTERM or SIGINT."""
+    configure_logging(verbose, quiet)
+    settings = build_settings(config)
+    if port is not None:
+        settings.scp.port = port
+    try:
+        node = Node(settings)
+    except PipelineConfigError as exc:
+        raise click.ClickException(exc.reason) from exc
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    handle = node.start()
+    # A line on stdout tells a supervisor (or a test) the port actually bound.
+    click.echo(f"listening {handle.host}:{handle.port}", nl=True)
+    try:
+        stop.wait()
+    finally:
+        node.stop()
+    return 0

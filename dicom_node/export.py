@@ -1,0 +1,157 @@
+"""Export: result objects go to the archive by C-STORE, retried with backoff.
+
+Each (object, destination) is an export row. A failed attempt is retried after
+``backoff_initial_s * 2**(attempts-1)`` seconds (at most ``backoff_max_s``);
+after ``max_attempts`` the row is FAILED with its last error and the job with
+it. Objects a destination accepted are never sent again: only PENDING rows are
+sent. Result UIDs are deterministic, so a resend after a crash between
+"archive accepted" and "row committed" gives the archive the same object again,
+which it keeps once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from dicom_node.settings import DestinationSettings, ExportSettings
+from dicom_node.state.schema import utcnow
+
+__all__ = ["DeliveryResult", "backoff_delay", "echo", "next_attempt", "send_files"]
+
+logger = logging.getLogger(__name__)
+
+#: Statuses that mean "stored" (PS3.4 B.2.3): success and the coercion/warning family.
+_STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """Outcome of sending one file."""
+
+    path: Path
+    ok: bool
+    error: str
+
+
+def backoff_delay(settings: ExportSettings, attempts: int) -> float:
+    """Seconds to wait before the next attempt after ``attempts`` failures.
+
+    Parameters
+    ----------
+    settings : ExportSettings
+        Backoff configuration.
+    attempts : int
+        Failed attempts so far (1 after the first failure).
+
+    Returns
+    -------
+    float
+        The delay, doubling from ``backoff_initial_s`` up to ``backoff_max_s``.
+
+    Examples
+    --------
+    >>> backoff_delay(ExportSettings(backoff_initial_s=5, backoff_max_s=60), 3)
+    20.0
+    """
+    exponent = max(attempts - 1, 0)
+    return float(min(settings.backoff_initial_s * 2.0**exponent, settings.backoff_max_s))
+
+
+def _scu(ae_title: str, timeout_s: float) -> AE:
+    ae = AE(ae_title=ae_title)
+    ae.acse_timeout = timeout_s
+    ae.dimse_timeout = timeout_s
+    ae.network_timeout = timeout_s
+    ae.connection_timeout = timeout_s
+    return ae
+
+
+def echo(calling_ae: str, dest: DestinationSettings) -> tuple[bool, str]:
+    """Verify a destination with C-ECHO.
+
+    Returns
+    -------
+    tuple[bool, str]
+        Whether it answered success, and a reason when not.
+    """
+    ae = _scu(calling_ae, dest.timeout_s)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    if not assoc.is_established:
+        return False, f"association with {dest.name} not established"
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if status and status.Status == 0x0000:
+        return True, ""
+    return False, f"C-ECHO to {dest.name} failed"
+
+
+def send_files(
+    calling_ae: str, dest: DestinationSettings, paths: Sequence[Path]
+) -> list[DeliveryResult]:
+    """Send DICOM files to a destination in one association.
+
+    Parameters
+    ----------
+    calling_ae : str
+        The node's AE title.
+    dest : DestinationSettings
+        Where to send.
+    paths : Sequence[pathlib.Path]
+        Part-10 files to send.
+
+    Returns
+    -------
+    list[DeliveryResult]
+        One result per path, in order. Files after a broken association are
+        reported failed with the reason, so they are retried.
+    """
+    headers = []
+    for path in paths:
+        ds = dcmread(path, stop_before_pixels=True)
+        headers.append((str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
+    ae = _scu(calling_ae, dest.timeout_s)
+    for sop_class, ts in sorted(set(headers)):
+        ae.add_requested_context(sop_class, [ts])
+
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    if not assoc.is_established:
+        reason = f"association with {dest.name} ({dest.host}:{dest.port}) not established"
+        return [DeliveryResult(path, False, reason) for path in paths]
+    results: list[DeliveryResult] = []
+    try:
+        for path in paths:
+            if not assoc.is_established:
+                results.append(DeliveryResult(path, False, f"association with {dest.name} lost"))
+                continue
+            status = assoc.send_c_store(path)
+            code = int(status.Status) if status and "Status" in status else None
+            if code in _STORED:
+                results.append(DeliveryResult(path, True, ""))
+            elif code is None:
+                results.append(DeliveryResult(path, False, f"no C-STORE response from {dest.name}"))
+            else:
+                results.append(
+                    DeliveryResult(path, False, f"{dest.name} answered status 0x{code:04X}")
+                )
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return results
+
+
+def next_attempt(settings: ExportSettings, attempts: int) -> datetime.datetime | None:
+    """When to try again after ``attempts`` failures, or None when the budget is spent."""
+    if attempts >= settings.max_attempts:
+        return None
+    return utcnow() + datetime.timedelta(seconds=backoff_delay(settings, attempts))

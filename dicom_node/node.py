@@ -1,0 +1,61 @@
+"""The running node: receiver and supervisor over one spool and state DB."""
+
+from __future__ import annotations
+
+import logging
+
+from pipelines.spec import load_pipeline_specs
+
+from dicom_node.broker import make_producer
+from dicom_node.scp import Receiver, ReceiverHandle
+from dicom_node.settings import Settings
+from dicom_node.spool import Spool
+from dicom_node.state import StateDB
+from dicom_node.supervisor import Supervisor
+
+__all__ = ["Node"]
+
+logger = logging.getLogger(__name__)
+
+
+class Node:
+    """Everything ``dicom-node serve`` runs, in one object.
+
+    Parameters
+    ----------
+    settings : Settings
+        The validated configuration.
+
+    Raises
+    ------
+    pipelines.errors.PipelineConfigError
+        If a pipeline definition is invalid.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.spool = Spool(settings.spool_dir, settings.scp.min_free_bytes)
+        self.state = StateDB(settings.state_db_url)
+        self.pipelines = load_pipeline_specs(settings.pipelines_dir)
+        self.producer = make_producer(settings.broker)
+        self.receiver = Receiver(settings.scp, settings.stability, self.spool, self.state)
+        self.supervisor = Supervisor(
+            settings, self.spool, self.state, self.pipelines, self.producer
+        )
+        self._handle: ReceiverHandle | None = None
+
+    def start(self) -> ReceiverHandle:
+        """Start receiving and supervising; return the receiver's handle."""
+        logger.info(
+            "starting: spool=%s pipelines=%s", self.spool.root, ", ".join(self.pipelines) or "-"
+        )
+        self._handle = self.receiver.start()
+        self.supervisor.start()
+        return self._handle
+
+    def stop(self) -> None:
+        """Stop receiving first, then let the supervisor finish its pass."""
+        if self._handle is not None:
+            self._handle.stop()
+        self.supervisor.stop()
+        self.state.close()

@@ -1,0 +1,310 @@
+"""Event handlers of the Storage SCP, bound with their dependencies (pynetdicom style).
+
+:func:`handle_store` is an *intervention* handler: it must return a status and
+never raise, because pynetdicom turns an exception into a bare 0xC211 that tells
+the sender nothing. Its order is the durability contract (DESIGN.md promise 1):
+read header tags → validate UIDs → write the bytes as received to a temp file →
+fsync → rename → commit the row → return SUCCESS.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pynetdicom import evt
+from pynetdicom.association import Association
+
+from dicom_node.errors import InvalidUID, SpoolFull
+from dicom_node.phi import study_tag
+from dicom_node.scp.status import StoreStatus
+from dicom_node.settings import StabilitySettings
+from dicom_node.spool import Spool
+from dicom_node.state import InstanceRecord, StateDB
+from dicom_node.state.schema import utcnow
+from dicom_node.uids import validate_uid
+
+__all__ = [
+    "ROUTING_KEYWORDS",
+    "AssociationStats",
+    "StoreContext",
+    "handle_accepted",
+    "handle_closed",
+    "handle_echo",
+    "handle_released",
+    "handle_store",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Header attributes kept per series for routing rules. Free text that routing
+#: needs (descriptions) is stored in the state DB but never logged.
+ROUTING_KEYWORDS = (
+    "Modality",
+    "SOPClassUID",
+    "SeriesDescription",
+    "StudyDescription",
+    "ProtocolName",
+    "BodyPartExamined",
+    "ImageType",
+    "SliceThickness",
+    "ImageOrientationPatient",
+    "SeriesNumber",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "ViewPosition",
+    "Laterality",
+    "ImageLaterality",
+    "Rows",
+    "Columns",
+)
+
+
+@dataclass(slots=True)
+class AssociationStats:
+    """Counters of one association, written to the association log at its end."""
+
+    row_id: int
+    calling_ae: str
+    instances: int = 0
+    size: int = 0
+    failures: int = 0
+    studies: set[str] = field(default_factory=set)
+    outcome: str = "open"
+
+
+@dataclass(slots=True)
+class StoreContext:
+    """What the handlers need: the spool, the state DB and the policies."""
+
+    spool: Spool
+    state: StateDB
+    stability: StabilitySettings
+    called_ae: str
+    accepted_sop_classes: frozenset[str] | None = None
+    associations: dict[int, AssociationStats] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def stats(self, assoc: Association) -> AssociationStats | None:
+        """Return the counters of an accepted association."""
+        with self.lock:
+            return self.associations.get(id(assoc))
+
+
+def _json_value(value: object) -> object:
+    """Turn a pydicom element value into something JSON can hold."""
+    if isinstance(value, MultiValue | list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, int | float):
+        return value
+    return str(value)
+
+
+def _routing_attributes(ds: Dataset) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for keyword in ROUTING_KEYWORDS:
+        value = ds.get(keyword)
+        if value is not None and value != "":
+            out[keyword] = _json_value(value)
+    return out
+
+
+def handle_echo(event: evt.Event) -> int:  # noqa: ARG001
+    """Answer C-ECHO with success (PS3.7 9.1.5)."""
+    return 0x0000
+
+
+def handle_accepted(event: evt.Event, ctx: StoreContext) -> None:
+    """Open an association log row when an association is accepted."""
+    requestor = event.assoc.requestor
+    calling_ae = str(requestor.ae_title).strip()
+    try:
+        row_id = ctx.state.open_association(calling_ae, ctx.called_ae, str(requestor.address))
+    except Exception:
+        logger.exception("could not open association log row")
+        row_id = 0
+    with ctx.lock:
+        ctx.associations[id(event.assoc)] = AssociationStats(row_id=row_id, calling_ae=calling_ae)
+
+
+def handle_released(event: evt.Event, ctx: StoreContext) -> None:
+    """Note a release; senders configured for it complete their studies early."""
+    stats = ctx.stats(event.assoc)
+    if stats is None:
+        return
+    stats.outcome = "released"
+    source = next((s for s in ctx.stability.sources if s.ae_title == stats.calling_ae), None)
+    if source is not None and source.complete_on_release and stats.studies:
+        at = utcnow() + datetime.timedelta(seconds=ctx.stability.release_grace_seconds)
+        ctx.state.complete_early(stats.studies, at)
+
+
+def handle_aborted(event: evt.Event, ctx: StoreContext) -> None:
+    """Note an abort in the association log."""
+    stats = ctx.stats(event.assoc)
+    if stats is not None:
+        stats.outcome = "aborted"
+
+
+def handle_closed(event: evt.Event, ctx: StoreContext) -> None:
+    """Finish the association log row when the connection closes."""
+    with ctx.lock:
+        stats = ctx.associations.pop(id(event.assoc), None)
+    if stats is None or not stats.row_id:
+        return
+    try:
+        ctx.state.close_association(
+            stats.row_id,
+            instances=stats.instances,
+            size=stats.size,
+            failures=stats.failures,
+            outcome=stats.outcome if stats.outcome != "open" else "closed",
+        )
+    except Exception:
+        logger.exception("could not close association log row %d", stats.row_id)
+    logger.info(
+        "association %d from %s ended: %s instances=%d bytes=%d failures=%d",
+        stats.row_id,
+        stats.calling_ae,
+        stats.outcome,
+        stats.instances,
+        stats.size,
+        stats.failures,
+    )
+
+
+def handle_store(event: evt.Event, ctx: StoreContext) -> int:
+    """Store one instance durably, or refuse it with a named status.
+
+    Parameters
+    ----------
+    event : pynetdicom.events.Event
+        The C-STORE request event.
+    ctx : StoreContext
+        Spool, state DB and policies.
+
+    Returns
+    -------
+    int
+        A :class:`StoreStatus` value. SUCCESS only after the bytes are fsync'd
+        and the row is committed.
+    """
+    stats = ctx.stats(event.assoc)
+    try:
+        status = _store(event, ctx, stats)
+    except Exception:
+        logger.exception("unexpected error while storing an instance")
+        status = StoreStatus.PROCESSING_FAILURE
+    if stats is not None and status != StoreStatus.SUCCESS:
+        stats.failures += 1
+    return int(status)
+
+
+def _refuse(ctx: StoreContext, status: StoreStatus, reason: str, data: bytes) -> StoreStatus:
+    path = ctx.spool.quarantine(data, f"0x{int(status):04X} {status.name}: {reason}")
+    logger.warning("refused instance 0x%04X: %s (quarantined as %s)", status, reason, path.name)
+    return status
+
+
+def _store(event: evt.Event, ctx: StoreContext, stats: AssociationStats | None) -> StoreStatus:
+    request = event.request
+    requested_class = str(request.AffectedSOPClassUID)
+    requested_uid = str(request.AffectedSOPInstanceUID)
+    raw = event.encoded_dataset(include_meta=True)
+
+    if ctx.accepted_sop_classes is not None and requested_class not in ctx.accepted_sop_classes:
+        return _refuse(
+            ctx, StoreStatus.SOP_CLASS_NOT_SUPPORTED, f"SOP class {requested_class} refused", raw
+        )
+    try:
+        ctx.spool.check_space()
+    except SpoolFull as exc:
+        logger.warning("refused instance 0xA700: %s", exc.reason)
+        return StoreStatus.OUT_OF_RESOURCES
+
+    try:
+        ds = event.dataset
+        sop_class = str(ds.get("SOPClassUID", "")).rstrip("\x00 ")
+        sop_uid = str(ds.get("SOPInstanceUID", "")).rstrip("\x00 ")
+        study_uid_raw = ds.get("StudyInstanceUID")
+        series_uid_raw = ds.get("SeriesInstanceUID")
+        attributes = _routing_attributes(ds)
+        accession = str(ds.get("AccessionNumber", "") or "")
+        study_date = str(ds.get("StudyDate", "") or "")
+    except Exception as exc:  # pydicom raises many types on malformed input
+        return _refuse(
+            ctx,
+            StoreStatus.CANNOT_UNDERSTAND,
+            f"data set cannot be parsed ({type(exc).__name__})",
+            raw,
+        )
+
+    if sop_class != requested_class:
+        return _refuse(
+            ctx,
+            StoreStatus.DATASET_MISMATCH,
+            "SOPClassUID in the data set differs from the request",
+            raw,
+        )
+    if sop_uid != requested_uid:
+        return _refuse(
+            ctx,
+            StoreStatus.DATASET_MISMATCH,
+            "SOPInstanceUID in the data set differs from the request",
+            raw,
+        )
+    try:
+        study_uid = validate_uid(study_uid_raw, "StudyInstanceUID")
+        series_uid = validate_uid(series_uid_raw, "SeriesInstanceUID")
+        sop_uid = validate_uid(sop_uid, "SOPInstanceUID")
+        path = ctx.spool.instance_path(study_uid, series_uid, sop_uid)
+    except InvalidUID as exc:
+        return _refuse(ctx, StoreStatus.CANNOT_UNDERSTAND, exc.reason, raw)
+
+    if ctx.state.has_instance(sop_uid):
+        # Already durable: a re-send of the same instance is stored once.
+        if stats is not None:
+            stats.instances += 1
+        return StoreStatus.SUCCESS
+
+    try:
+        size = ctx.spool.write_atomic(path, raw)
+    except SpoolFull as exc:
+        logger.warning("refused instance 0xA700: %s", exc.reason)
+        return StoreStatus.OUT_OF_RESOURCES
+    except OSError as exc:
+        logger.error("refused instance 0xA700: spool write failed (%s)", exc.strerror)
+        return StoreStatus.OUT_OF_RESOURCES
+
+    record = InstanceRecord(
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_instance_uid=sop_uid,
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        path=ctx.spool.relative(path),
+        size=size,
+        calling_ae=stats.calling_ae if stats else "",
+        association_id=stats.row_id if stats else None,
+        modality=str(attributes.get("Modality", "")),
+        accession_number=accession,
+        study_date=study_date,
+        series_attributes=attributes,
+    )
+    try:
+        ctx.state.record_instance(record)
+    except Exception:
+        # Without a committed row the instance is not ours: take the file back.
+        path.unlink(missing_ok=True)
+        logger.exception("state DB commit failed; instance refused")
+        return StoreStatus.OUT_OF_RESOURCES
+    if stats is not None:
+        stats.instances += 1
+        stats.size += size
+        stats.studies.add(study_uid)
+    logger.debug("stored study=%s sop_class=%s bytes=%d", study_tag(study_uid), sop_class, size)
+    return StoreStatus.SUCCESS

@@ -1,0 +1,104 @@
+"""The Application Entity that receives studies: configuration, start and stop."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node.scp.handlers import (
+    StoreContext,
+    handle_aborted,
+    handle_accepted,
+    handle_closed,
+    handle_echo,
+    handle_released,
+    handle_store,
+)
+from dicom_node.settings import ScpSettings, StabilitySettings
+from dicom_node.spool import Spool
+from dicom_node.state import StateDB
+
+__all__ = ["Receiver", "ReceiverHandle"]
+
+logger = logging.getLogger(__name__)
+
+# Identifiers in pynetdicom's own logs can carry PHI (DESIGN.md promise 5).
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+# Accept every storage SOP class, public or private, with the first transfer
+# syntax the sender proposes: bytes are stored as received, never re-encoded.
+# Refusals by SOP class policy are answered per instance with 0x0122.
+_config.UNRESTRICTED_STORAGE_SERVICE = True
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverHandle:
+    """A running receiver."""
+
+    server: ThreadedAssociationServer
+    host: str
+    port: int
+
+    def stop(self) -> None:
+        """Stop accepting, abort open associations and close the socket."""
+        self.server.shutdown()
+
+
+class Receiver:
+    """The node's C-ECHO / C-STORE SCP.
+
+    Parameters
+    ----------
+    settings : ScpSettings
+        AE title, address, timeouts, association limit, free-space watermark.
+    stability : StabilitySettings
+        Per-source policies (completion on release).
+    spool : Spool
+        Where instances are written.
+    state : StateDB
+        Where their rows are committed.
+    """
+
+    def __init__(
+        self, settings: ScpSettings, stability: StabilitySettings, spool: Spool, state: StateDB
+    ) -> None:
+        self.settings = settings
+        self.context = StoreContext(
+            spool=spool, state=state, stability=stability, called_ae=settings.ae_title
+        )
+        ae = AE(ae_title=settings.ae_title)
+        ae.maximum_associations = settings.max_associations
+        ae.acse_timeout = settings.acse_timeout_s
+        ae.dimse_timeout = settings.dimse_timeout_s
+        ae.network_timeout = settings.network_timeout_s
+        ae.maximum_pdu_size = 0  # no limit: fewer, larger P-DATA PDUs
+        ae.add_supported_context(Verification)
+        self.ae = ae
+
+    def start(self) -> ReceiverHandle:
+        """Start listening in background threads.
+
+        Returns
+        -------
+        ReceiverHandle
+            With the bound port (useful when the configured port is 0).
+        """
+        ctx = self.context
+        handlers = [
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_C_STORE, handle_store, [ctx]),
+            (evt.EVT_ACCEPTED, handle_accepted, [ctx]),
+            (evt.EVT_RELEASED, handle_released, [ctx]),
+            (evt.EVT_ABORTED, handle_aborted, [ctx]),
+            (evt.EVT_CONN_CLOSE, handle_closed, [ctx]),
+        ]
+        server = self.ae.start_server(
+            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+        )
+        host, port = server.server_address[:2]
+        logger.info("receiving as %s on %s:%d", self.settings.ae_title, host, port)
+        return ReceiverHandle(server=server, host=str(host), port=int(port))

@@ -1,0 +1,232 @@
+"""The node's configuration: one pydantic-settings tree.
+
+Sources, highest priority first: values passed by the CLI, ``DICOM_NODE_...``
+environment variables (``__`` separates nesting levels, e.g.
+``DICOM_NODE_SCP__PORT=11113``), the YAML file (``config/node.yaml`` or the
+file named by ``--config`` / ``DICOM_NODE_CONFIG``), then the defaults below.
+Every field has a default, and unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+__all__ = [
+    "BrokerSettings",
+    "DestinationSettings",
+    "ExportSettings",
+    "ScpSettings",
+    "Settings",
+    "SourceSettings",
+    "StabilitySettings",
+    "WorkerSettings",
+    "load_settings",
+]
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: no backslash, no controls
+
+
+def _check_ae_title(value: str) -> str:
+    if not value.strip() or not _AE_TITLE.match(value):
+        raise ValueError(f"AE title must be 1-16 printable characters without '\\', got {value!r}")
+    return value.strip()
+
+
+#: An AE title, validated on entry (PS3.5 6.2, value representation AE).
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSettings(_Section):
+    """What the node knows about one sending AE."""
+
+    ae_title: AETitle = Field(description="Calling AE title of the sender.")
+    quiet_seconds: float | None = Field(
+        default=None, ge=0, description="Quiet period for this sender; None uses the default."
+    )
+    complete_on_release: bool = Field(
+        default=False,
+        description="Complete the studies an association delivered shortly after its release.",
+    )
+
+
+class ScpSettings(_Section):
+    """The DICOM receiver (C-ECHO and C-STORE SCP)."""
+
+    ae_title: AETitle = Field(default="DICOM_NODE", description="The node's own AE title.")
+    host: str = Field(default="0.0.0.0", description="Address to listen on.")
+    port: int = Field(default=11112, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    max_associations: int = Field(default=16, ge=1, description="Concurrent associations.")
+    acse_timeout_s: float = Field(default=30, gt=0, description="Association setup timeout.")
+    dimse_timeout_s: float = Field(default=60, gt=0, description="DIMSE message timeout.")
+    network_timeout_s: float = Field(default=60, gt=0, description="Idle network timeout.")
+    min_free_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=0,
+        description="Refuse instances with 0xA700 when the spool disk has less free space.",
+    )
+
+
+class StabilitySettings(_Section):
+    """When a study counts as complete."""
+
+    quiet_seconds: float = Field(
+        default=30, ge=0, description="A study is complete after this long without instances."
+    )
+    poll_seconds: float = Field(default=1.0, gt=0, description="How often the node looks.")
+    release_grace_seconds: float = Field(
+        default=2.0, ge=0, description="Delay after a release before the study completes."
+    )
+    sources: list[SourceSettings] = Field(
+        default_factory=list, description="Per-sender overrides of the quiet period."
+    )
+
+    def quiet_for(self, calling_ae: str) -> float:
+        """Return the quiet period for a calling AE title."""
+        for source in self.sources:
+            if source.ae_title == calling_ae and source.quiet_seconds is not None:
+                return source.quiet_seconds
+        return self.quiet_seconds
+
+
+class BrokerSettings(_Section):
+    """The Celery broker and result backend (Redis)."""
+
+    url: str = Field(default="redis://127.0.0.1:6379/0", description="Broker URL.")
+    result_backend: str | None = Field(
+        default=None, description="Result backend URL; defaults to the broker URL."
+    )
+
+    @property
+    def backend_url(self) -> str:
+        """The result backend URL in effect."""
+        return self.result_backend or self.url
+
+
+class WorkerSettings(_Section):
+    """The Celery worker started by ``dicom-node worker``."""
+
+    queues: list[str] = Field(default=["cpu"], description="Queues this worker consumes.")
+    concurrency: int = Field(default=1, ge=1, description="Worker processes.")
+    max_tasks_per_child: int = Field(
+        default=50, ge=1, description="Recycle a worker process after this many jobs."
+    )
+
+
+class DestinationSettings(_Section):
+    """A DICOM archive results are sent to by C-STORE."""
+
+    name: str = Field(default="archive", description="Name used in logs and the CLI.")
+    ae_title: AETitle = Field(default="ORTHANC", description="Called AE title.")
+    host: str = Field(default="127.0.0.1", description="Archive host.")
+    port: int = Field(default=4242, ge=1, le=65535, description="Archive DICOM port.")
+    timeout_s: float = Field(default=30, gt=0, description="Network and DIMSE timeout.")
+
+
+class ExportSettings(_Section):
+    """Where results go, and how failures are retried."""
+
+    destinations: list[DestinationSettings] = Field(
+        default_factory=lambda: [DestinationSettings()], description="Archives to send to."
+    )
+    max_attempts: int = Field(default=12, ge=1, description="Attempts before FAILED.")
+    backoff_initial_s: float = Field(default=5, gt=0, description="First retry delay.")
+    backoff_max_s: float = Field(default=900, gt=0, description="Longest retry delay.")
+
+
+class Settings(BaseSettings):
+    """The whole node configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DICOM_NODE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    #: Set by :func:`load_settings` before the class is instantiated.
+    yaml_file: ClassVar[Path | None] = None
+
+    spool_dir: Path = Field(default=Path("var/spool"), description="Spool (shared with workers).")
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL of the state database; empty means SQLite in the spool.",
+    )
+    pipelines_dir: Path = Field(
+        default=Path("config/pipelines"), description="Folder of pipeline YAML files."
+    )
+    scp: ScpSettings = Field(default_factory=ScpSettings, description="DICOM receiver.")
+    stability: StabilitySettings = Field(
+        default_factory=StabilitySettings, description="Study completeness."
+    )
+    broker: BrokerSettings = Field(default_factory=BrokerSettings, description="Celery broker.")
+    worker: WorkerSettings = Field(default_factory=WorkerSettings, description="Worker.")
+    export: ExportSettings = Field(default_factory=ExportSettings, description="Export.")
+    job_poll_seconds: float = Field(default=1.0, gt=0, description="Job/export loop period.")
+    log_level: str = Field(default="INFO", description="Logging level.")
+
+    @property
+    def state_db_url(self) -> str:
+        """The SQLAlchemy URL in effect."""
+        return self.database_url or f"sqlite:///{self.spool_dir / 'state.db'}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Order the sources: CLI values, environment, YAML, defaults."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls.yaml_file))
+        return tuple(sources)
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from a YAML file, the environment and explicit overrides.
+
+    Parameters
+    ----------
+    config : pathlib.Path or None
+        YAML file; None uses defaults and the environment only.
+    **overrides : Any
+        Values that win over every other source (the CLI's flags).
+
+    Returns
+    -------
+    Settings
+        The validated configuration.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``config`` names a missing file.
+    pydantic.ValidationError
+        If any value is invalid; the message names the field.
+    """
+    if config is not None and not config.is_file():
+        raise FileNotFoundError(f"configuration file {config} does not exist")
+
+    class _Loaded(Settings):
+        yaml_file: ClassVar[Path | None] = config
+
+    loaded = _Loaded(**overrides)
+    # Hand out the public type: the subclass only existed to carry the file name.
+    return Settings.model_construct(**dict(loaded))

@@ -1,0 +1,588 @@
+"""The state database: every write the node makes, as short transactions.
+
+SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL``, so a
+committed row survives a power cut, and every transaction starts with
+``BEGIN IMMEDIATE``, so concurrent writers (SCP threads, the supervisor loop,
+several SCP processes) queue on the busy timeout instead of failing on a lock
+upgrade. Any other SQLAlchemy URL (PostgreSQL) works unchanged.
+
+Rows leave this module as frozen dataclasses, never as live ORM objects.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.state.schema import (
+    TERMINAL_JOB_STATES,
+    Association,
+    Base,
+    Export,
+    ExportState,
+    Instance,
+    Job,
+    JobEvent,
+    JobState,
+    Series,
+    Study,
+    StudyState,
+    utcnow,
+)
+
+__all__ = [
+    "ExportView",
+    "InstanceRecord",
+    "JobView",
+    "NewJob",
+    "SeriesInputs",
+    "StateDB",
+    "input_hash",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """What the SCP knows about one instance it has just written to the spool."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+    size: int
+    calling_ae: str
+    association_id: int | None
+    modality: str
+    accession_number: str
+    study_date: str
+    series_attributes: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesInputs:
+    """A series of a complete study, as routing sees it."""
+
+    study_uid: str
+    series_uid: str
+    modality: str
+    attributes: dict[str, object]
+    instance_uids: tuple[str, ...]
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job routing wants: a series, a pipeline and the rule that chose it."""
+
+    series: SeriesInputs
+    pipeline: str
+    pipeline_version: str
+    queue: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """A job row, detached from the database."""
+
+    id: int
+    study_uid: str
+    series_uid: str
+    pipeline: str
+    pipeline_version: str
+    inputs: tuple[str, ...]
+    queue: str
+    state: JobState
+    reason: str
+    attempts: int
+    task_id: str | None
+    dispatched_at: datetime.datetime | None
+    measurements: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportView:
+    """An export row, detached from the database."""
+
+    id: int
+    job_id: int
+    destination: str
+    path: str
+    sop_instance_uid: str
+    state: ExportState
+    attempts: int
+    last_error: str
+
+
+def input_hash(instance_uids: Iterable[str]) -> str:
+    """Hash of a set of SOP Instance UIDs; order does not matter.
+
+    Parameters
+    ----------
+    instance_uids : Iterable[str]
+        The input instances of a job.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    return hashlib.sha256("\n".join(sorted(instance_uids)).encode("ascii")).hexdigest()
+
+
+def _job_view(job: Job) -> JobView:
+    return JobView(
+        id=job.id,
+        study_uid=job.study_uid,
+        series_uid=job.series_uid,
+        pipeline=job.pipeline,
+        pipeline_version=job.pipeline_version,
+        inputs=tuple(job.inputs),
+        queue=job.queue,
+        state=JobState(job.state),
+        reason=job.reason,
+        attempts=job.attempts,
+        task_id=job.task_id,
+        dispatched_at=job.dispatched_at,
+        measurements=dict(job.measurements or {}),
+    )
+
+
+def _export_view(row: Export) -> ExportView:
+    return ExportView(
+        id=row.id,
+        job_id=row.job_id,
+        destination=row.destination,
+        path=row.path,
+        sop_instance_uid=row.sop_instance_uid,
+        state=ExportState(row.state),
+        attempts=row.attempts,
+        last_error=row.last_error,
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling must be off so BEGIN IMMEDIATE can be issued.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class StateDB:
+    """Access to the state database.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL, e.g. ``sqlite:///var/spool/state.db`` or a PostgreSQL URL.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        is_sqlite = url.startswith("sqlite")
+        self.engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
+            pool_pre_ping=not is_sqlite,
+        )
+        if is_sqlite:
+            _configure_sqlite(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on any exception."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    # -- ingest ---------------------------------------------------------------
+
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        """Whether an instance is already stored."""
+        with self.session() as s:
+            return s.get(Instance, sop_instance_uid) is not None
+
+    def record_instance(self, rec: InstanceRecord) -> bool:
+        """Commit the rows of a stored instance: instance, series, study.
+
+        A study that was complete re-opens (a late instance); its jobs are
+        re-evaluated when it completes again.
+
+        Parameters
+        ----------
+        rec : InstanceRecord
+            The instance, already fsync'd in the spool.
+
+        Returns
+        -------
+        bool
+            True if the instance is new, False if it was already recorded.
+        """
+        now = utcnow()
+        try:
+            with self.session() as s:
+                if s.get(Instance, rec.sop_instance_uid) is not None:
+                    return False
+                study = s.get(Study, rec.study_uid)
+                if study is None:
+                    study = Study(
+                        study_uid=rec.study_uid,
+                        calling_ae=rec.calling_ae,
+                        first_received=now,
+                        instance_count=0,
+                        accession_number=rec.accession_number[:16],
+                        study_date=rec.study_date[:8],
+                    )
+                    s.add(study)
+                study.last_received = now
+                study.state = StudyState.ARRIVING
+                study.complete_after = None
+                study.calling_ae = rec.calling_ae
+                study.instance_count = (study.instance_count or 0) + 1
+                if s.get(Series, rec.series_uid) is None:
+                    s.add(
+                        Series(
+                            series_uid=rec.series_uid,
+                            study_uid=rec.study_uid,
+                            modality=rec.modality,
+                            attributes=rec.series_attributes,
+                        )
+                    )
+                s.flush()
+                s.add(
+                    Instance(
+                        sop_instance_uid=rec.sop_instance_uid,
+                        series_uid=rec.series_uid,
+                        study_uid=rec.study_uid,
+                        sop_class_uid=rec.sop_class_uid,
+                        transfer_syntax_uid=rec.transfer_syntax_uid,
+                        path=rec.path,
+                        size=rec.size,
+                        received_at=now,
+                        association_id=rec.association_id,
+                    )
+                )
+        except IntegrityError:
+            # Two associations raced with the same instance: the other one won.
+            return False
+        return True
+
+    def open_association(self, calling_ae: str, called_ae: str, address: str) -> int:
+        """Start an association log row and return its ID."""
+        with self.session() as s:
+            row = Association(calling_ae=calling_ae, called_ae=called_ae, address=address)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def close_association(
+        self, assoc_id: int, *, instances: int, size: int, failures: int, outcome: str
+    ) -> None:
+        """Finish an association log row."""
+        with self.session() as s:
+            s.execute(
+                update(Association)
+                .where(Association.id == assoc_id)
+                .values(
+                    ended_at=utcnow(),
+                    instances=instances,
+                    bytes=size,
+                    failures=failures,
+                    outcome=outcome,
+                )
+            )
+
+    def complete_early(self, study_uids: Iterable[str], at: datetime.datetime) -> None:
+        """Let studies complete at ``at`` instead of after their quiet period."""
+        with self.session() as s:
+            s.execute(
+                update(Study)
+                .where(Study.study_uid.in_(list(study_uids)))
+                .where(Study.state == StudyState.ARRIVING)
+                .values(complete_after=at)
+            )
+
+    # -- stability --------------------------------------------------------------
+
+    def studies_due(
+        self, now: datetime.datetime, quiet_for: Callable[[str], float]
+    ) -> list[str]:
+        """Return arriving studies that have been quiet long enough.
+
+        Parameters
+        ----------
+        now : datetime.datetime
+            Naive UTC.
+        quiet_for : Callable[[str], float]
+            Quiet period in seconds for a calling AE title.
+
+        Returns
+        -------
+        list[str]
+            Study Instance UIDs, oldest first.
+        """
+        with self.session() as s:
+            rows = s.execute(
+                select(Study.study_uid, Study.calling_ae, Study.last_received, Study.complete_after)
+                .where(Study.state == StudyState.ARRIVING)
+                .order_by(Study.last_received)
+            ).all()
+        due = []
+        for uid, calling_ae, last, early in rows:
+            quiet = datetime.timedelta(seconds=quiet_for(calling_ae))
+            if last + quiet <= now or (early is not None and early <= now):
+                due.append(uid)
+        return due
+
+    def series_inputs(self, study_uid: str) -> tuple[int, list[SeriesInputs]]:
+        """Return a study's instance count and every series with its instances.
+
+        Parameters
+        ----------
+        study_uid : str
+            The study.
+
+        Returns
+        -------
+        tuple[int, list[SeriesInputs]]
+            The count (for :meth:`mark_study_complete`) and the series.
+        """
+        with self.session() as s:
+            study = s.get(Study, study_uid)
+            count = study.instance_count if study else 0
+            series_rows = s.scalars(
+                select(Series).where(Series.study_uid == study_uid).order_by(Series.series_uid)
+            ).all()
+            out = []
+            for row in series_rows:
+                instances = s.execute(
+                    select(Instance.sop_instance_uid, Instance.path)
+                    .where(Instance.series_uid == row.series_uid)
+                    .order_by(Instance.sop_instance_uid)
+                ).all()
+                out.append(
+                    SeriesInputs(
+                        study_uid=study_uid,
+                        series_uid=row.series_uid,
+                        modality=row.modality,
+                        attributes=dict(row.attributes or {}),
+                        instance_uids=tuple(uid for uid, _ in instances),
+                        paths=tuple(path for _, path in instances),
+                    )
+                )
+        return count, out
+
+    # -- jobs -------------------------------------------------------------------
+
+    def complete_study(self, study_uid: str, seen_count: int, jobs: Iterable[NewJob]) -> list[int]:
+        """Mark a study complete and create its jobs, in one transaction.
+
+        Nothing happens if an instance arrived since the study was read (its
+        count changed): the study stays ARRIVING and is routed again later, so
+        no job ever runs on a partial input set. A job whose (series, pipeline,
+        version, input set) already exists is not created again.
+
+        Parameters
+        ----------
+        study_uid : str
+            The study.
+        seen_count : int
+            Its instance count when routing read it (:meth:`series_inputs`).
+        jobs : Iterable[NewJob]
+            The jobs routing chose.
+
+        Returns
+        -------
+        list[int]
+            IDs of the jobs created; empty when the study changed or all existed.
+        """
+        created: list[int] = []
+        with self.session() as s:
+            result = s.execute(
+                update(Study)
+                .where(Study.study_uid == study_uid)
+                .where(Study.instance_count == seen_count)
+                .where(Study.state == StudyState.ARRIVING)
+                .values(state=StudyState.COMPLETE, complete_after=None)
+            )
+            if not result.rowcount:
+                return []
+            for new in jobs:
+                digest = input_hash(new.series.instance_uids)
+                exists = s.scalar(
+                    select(func.count(Job.id))
+                    .where(Job.series_uid == new.series.series_uid)
+                    .where(Job.pipeline == new.pipeline)
+                    .where(Job.pipeline_version == new.pipeline_version)
+                    .where(Job.input_hash == digest)
+                )
+                if exists:
+                    continue
+                job = Job(
+                    study_uid=study_uid,
+                    series_uid=new.series.series_uid,
+                    pipeline=new.pipeline,
+                    pipeline_version=new.pipeline_version,
+                    input_hash=digest,
+                    inputs=list(new.series.paths),
+                    queue=new.queue,
+                    state=JobState.QUEUED,
+                    reason="",
+                )
+                s.add(job)
+                s.flush()
+                s.add(JobEvent(job_id=job.id, state=JobState.QUEUED, detail=new.reason))
+                created.append(job.id)
+        return created
+
+    def set_job_state(
+        self,
+        job_id: int,
+        state: JobState,
+        *,
+        reason: str = "",
+        measurements: dict[str, float] | None = None,
+    ) -> None:
+        """Move a job to a state and log the change as an event row.
+
+        A terminal job (DONE, SKIPPED, FAILED) is only moved by an explicit
+        retry, which goes through :meth:`requeue_job`.
+        """
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise ValueError(f"job {job_id} does not exist")
+            if job.state == state or JobState(job.state) in TERMINAL_JOB_STATES:
+                return
+            job.state = state
+            job.reason = reason
+            job.updated_at = utcnow()
+            if measurements is not None:
+                job.measurements = measurements
+            s.add(JobEvent(job_id=job_id, state=state, detail=reason))
+
+    def record_dispatch(self, job_id: int, task_id: str) -> None:
+        """Note that a job was handed to the broker (the outbox is drained)."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise ValueError(f"job {job_id} does not exist")
+            job.task_id = task_id
+            job.attempts += 1
+            job.dispatched_at = utcnow()
+
+    def jobs(self, states: Iterable[JobState]) -> list[JobView]:
+        """Return jobs in the given states, oldest first."""
+        with self.session() as s:
+            rows = s.scalars(
+                select(Job).where(Job.state.in_([str(x) for x in states])).order_by(Job.id)
+            ).all()
+            return [_job_view(job) for job in rows]
+
+    def job(self, job_id: int) -> JobView | None:
+        """Return one job, or None."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            return _job_view(job) if job else None
+
+    # -- exports ----------------------------------------------------------------
+
+    def create_exports(
+        self,
+        job_id: int,
+        destinations: Iterable[str],
+        objects: Iterable[tuple[str, str]],
+        measurements: dict[str, float],
+    ) -> None:
+        """Create PENDING export rows and move the job to EXPORTING, in one transaction.
+
+        Parameters
+        ----------
+        job_id : int
+            The job.
+        destinations : Iterable[str]
+            Destination names.
+        objects : Iterable[tuple[str, str]]
+            (spool-relative path, SOP Instance UID) of each result object.
+        measurements : dict[str, float]
+            The job's measurements from its manifest.
+        """
+        objects = list(objects)
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise ValueError(f"job {job_id} does not exist")
+            for dest in destinations:
+                for path, sop_uid in objects:
+                    s.add(Export(job_id=job_id, destination=dest, path=path, sop_instance_uid=sop_uid))
+            job.state = JobState.EXPORTING
+            job.measurements = measurements
+            job.updated_at = utcnow()
+            s.add(JobEvent(job_id=job_id, state=JobState.EXPORTING, detail=""))
+
+    def due_exports(self, now: datetime.datetime) -> list[ExportView]:
+        """Return PENDING exports whose next attempt is due, grouped by job."""
+        with self.session() as s:
+            rows = s.scalars(
+                select(Export)
+                .where(Export.state == ExportState.PENDING)
+                .where(Export.next_attempt_at <= now)
+                .order_by(Export.job_id, Export.id)
+            ).all()
+            return [_export_view(row) for row in rows]
+
+    def exports_of(self, job_id: int) -> list[ExportView]:
+        """Return every export row of a job."""
+        with self.session() as s:
+            rows = s.scalars(select(Export).where(Export.job_id == job_id).order_by(Export.id))
+            return [_export_view(row) for row in rows.all()]
+
+    def mark_export_sent(self, export_id: int) -> None:
+        """Record a successful delivery."""
+        with self.session() as s:
+            row = s.get(Export, export_id)
+            if row is not None:
+                row.state = ExportState.SENT
+                row.attempts += 1
+                row.sent_at = utcnow()
+                row.last_error = ""
+
+    def mark_export_failed(
+        self, export_id: int, error: str, next_attempt_at: datetime.datetime | None
+    ) -> None:
+        """Record a failed attempt; ``next_attempt_at=None`` makes it terminal."""
+        with self.session() as s:
+            row = s.get(Export, export_id)
+            if row is not None:
+                row.attempts += 1
+                row.last_error = error
+                if next_attempt_at is None:
+                    row.state = ExportState.FAILED
+                else:
+                    row.next_attempt_at = next_attempt_at

@@ -1,0 +1,248 @@
+"""The node's control loop: studies complete, jobs go out, results come back, exports run.
+
+One pass (:meth:`Supervisor.tick`) does, in order:
+
+1. **stability**: studies quiet for their period are routed; the study is
+   marked complete and its jobs created in one transaction;
+2. **dispatch**: QUEUED jobs never sent to the broker are sent (the outbox);
+3. **collect**: a job's ``manifest.json`` on the spool says how it ended; the
+   Celery state tells when it started running;
+4. **export**: due export rows are sent to their destinations, with backoff.
+
+Every step reads its work from the state DB, so a restarted node resumes where
+the previous one stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+from celery import Celery
+from pipelines.manifest import JobManifest, JobRequest, ManifestStatus, read_manifest
+from pipelines.spec import PipelineSpec
+
+from dicom_node.broker import send_job, task_state
+from dicom_node.export import next_attempt, send_files
+from dicom_node.phi import study_tag
+from dicom_node.routing import route_study
+from dicom_node.settings import Settings
+from dicom_node.spool import Spool
+from dicom_node.state import ExportState, JobState, JobView, NewJob, StateDB
+from dicom_node.state.schema import utcnow
+
+__all__ = ["Supervisor"]
+
+logger = logging.getLogger(__name__)
+
+
+class Supervisor:
+    """Drives studies and jobs through their states.
+
+    Parameters
+    ----------
+    settings : Settings
+        Node settings.
+    spool : Spool
+        The spool.
+    state : StateDB
+        The state DB.
+    pipelines : dict[str, PipelineSpec]
+        Pipeline definitions by name.
+    producer : celery.Celery
+        App used to send tasks and read their states.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        state: StateDB,
+        pipelines: dict[str, PipelineSpec],
+        producer: Celery,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.state = state
+        self.pipelines = pipelines
+        self.producer = producer
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the loop -----------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Run one pass of every step; a failing step does not stop the others."""
+        for step in (self.complete_studies, self.dispatch, self.collect, self.export):
+            try:
+                step()
+            except Exception:
+                logger.exception("supervisor step %s failed", step.__name__)
+
+    def start(self) -> None:
+        """Run :meth:`tick` in a background thread until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop and wait for the current pass to end."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        period = min(self.settings.stability.poll_seconds, self.settings.job_poll_seconds)
+        while not self._stop.is_set():
+            self.tick()
+            self._stop.wait(period)
+
+    # -- steps --------------------------------------------------------------------
+
+    def complete_studies(self) -> None:
+        """Route every study that has been quiet long enough."""
+        for study_uid in self.state.studies_due(utcnow(), self.settings.stability.quiet_for):
+            count, series = self.state.series_inputs(study_uid)
+            decisions = route_study(series, self.pipelines)
+            jobs = [
+                NewJob(
+                    series=d.series,
+                    pipeline=d.pipeline.name,
+                    pipeline_version=d.pipeline.version,
+                    queue=d.pipeline.queue,
+                    reason=f"rule '{d.rule}' of {d.pipeline.name}",
+                )
+                for d in decisions
+            ]
+            created = self.state.complete_study(study_uid, count, jobs)
+            logger.info(
+                "study=%s complete: %d instances, %d series, %d new jobs",
+                study_tag(study_uid),
+                count,
+                len(series),
+                len(created),
+            )
+
+    def dispatch(self) -> None:
+        """Send QUEUED jobs that were never handed to the broker."""
+        for job in self.state.jobs([JobState.QUEUED]):
+            if job.dispatched_at is not None:
+                continue
+            spec = self.pipelines.get(job.pipeline)
+            if spec is None or spec.version != job.pipeline_version:
+                self.state.set_job_state(
+                    job.id,
+                    JobState.FAILED,
+                    reason=f"pipeline {job.pipeline} {job.pipeline_version} is not configured",
+                )
+                continue
+            request = JobRequest(
+                job_id=job.id,
+                attempt=job.attempts + 1,
+                pipeline=job.pipeline,
+                pipeline_version=job.pipeline_version,
+                inputs=list(job.inputs),
+                output_dir=self.spool.relative(self.spool.job_dir(job.id)),
+            )
+            try:
+                task_id = send_job(
+                    self.producer,
+                    request,
+                    queue=spec.queue,
+                    soft_time_limit=spec.soft_time_limit_s,
+                    time_limit=spec.time_limit_s,
+                )
+            except Exception as exc:  # kombu raises several types when Redis is away
+                logger.warning("broker unreachable, job %d stays queued (%s)", job.id, exc)
+                return
+            self.state.record_dispatch(job.id, task_id)
+            logger.info("job %d (%s) sent to queue %s", job.id, job.pipeline, spec.queue)
+
+    def collect(self) -> None:
+        """Learn how dispatched jobs ended from their manifests and Celery states."""
+        for job in self.state.jobs([JobState.QUEUED, JobState.RUNNING]):
+            if job.dispatched_at is None:
+                continue
+            job_dir = self.spool.job_dir(job.id)
+            try:
+                manifest = read_manifest(job_dir)
+            except ValueError:
+                self.state.set_job_state(job.id, JobState.FAILED, reason="manifest is unreadable")
+                continue
+            if manifest is not None:
+                self._finish(job, job_dir, manifest)
+                continue
+            if job.state is JobState.QUEUED and job.task_id:
+                try:
+                    celery_state = task_state(self.producer, job.task_id)
+                except Exception:  # the result backend is only a hint
+                    continue
+                if celery_state == "STARTED":
+                    self.state.set_job_state(job.id, JobState.RUNNING)
+
+    def _finish(self, job: JobView, job_dir: Path, manifest: JobManifest) -> None:
+        if manifest.status is not ManifestStatus.DONE:
+            state = JobState.SKIPPED if manifest.status is ManifestStatus.SKIPPED else JobState.FAILED
+            self.state.set_job_state(job.id, state, reason=manifest.reason)
+            logger.info("job %d %s: %s", job.id, state.value, manifest.reason)
+            return
+        if job.state is JobState.QUEUED:
+            self.state.set_job_state(job.id, JobState.RUNNING)
+        objects = [
+            (self.spool.relative(job_dir / out.file), out.sop_instance_uid)
+            for out in manifest.outputs
+        ]
+        destinations = [d.name for d in self.settings.export.destinations]
+        if objects and destinations:
+            self.state.create_exports(job.id, destinations, objects, manifest.measurements)
+        else:
+            self.state.set_job_state(job.id, JobState.DONE, measurements=manifest.measurements)
+        logger.info("job %d finished on the worker: %d objects", job.id, len(objects))
+
+    def export(self) -> None:
+        """Send due exports, one association per (job, destination)."""
+        groups = defaultdict(list)
+        for row in self.state.due_exports(utcnow()):
+            groups[(row.job_id, row.destination)].append(row)
+        touched: set[int] = set()
+        by_name = {d.name: d for d in self.settings.export.destinations}
+        for (job_id, dest_name), rows in groups.items():
+            touched.add(job_id)
+            dest = by_name.get(dest_name)
+            if dest is None:
+                for row in rows:
+                    self.state.mark_export_failed(row.id, "destination not configured", None)
+                continue
+            paths = [self.spool.resolve(row.path) for row in rows]
+            results = send_files(self.settings.scp.ae_title, dest, paths)
+            for row, result in zip(rows, results, strict=True):
+                if result.ok:
+                    self.state.mark_export_sent(row.id)
+                    continue
+                retry_at = next_attempt(self.settings.export, row.attempts + 1)
+                self.state.mark_export_failed(row.id, result.error, retry_at)
+                logger.warning(
+                    "job %d export to %s failed (attempt %d): %s",
+                    job_id,
+                    dest_name,
+                    row.attempts + 1,
+                    result.error,
+                )
+        for job_id in touched:
+            self._settle_export(job_id)
+
+    def _settle_export(self, job_id: int) -> None:
+        rows = self.state.exports_of(job_id)
+        failed = [row for row in rows if row.state is ExportState.FAILED]
+        if failed:
+            row = failed[0]
+            self.state.set_job_state(
+                job_id,
+                JobState.FAILED,
+                reason=f"export to {row.destination} failed after {row.attempts} attempts: "
+                f"{row.last_error}",
+            )
+        elif rows and all(row.state is ExportState.SENT for row in rows):
+            self.state.set_job_state(job_id, JobState.DONE)
+            logger.info("job %d done: %d objects delivered", job_id, len(rows))

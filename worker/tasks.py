@@ -1,0 +1,104 @@
+"""Celery tasks: thin glue between a job request and :func:`pipelines.run.run_pipeline`.
+
+A task is idempotent: result UIDs are deterministic, files are written to a
+temporary name and renamed, and the manifest is written last. A redelivered
+task whose manifest already says DONE returns it without running again.
+"""
+
+from __future__ import annotations
+
+import socket
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, Task
+from celery.utils.log import get_task_logger
+from dicom_node.broker import RUN_JOB_TASK
+from dicom_node.settings import Settings
+from pipelines.errors import PipelineError
+from pipelines.manifest import (
+    JobManifest,
+    JobRequest,
+    ManifestStatus,
+    read_manifest,
+    write_manifest,
+)
+from pipelines.spec import PipelineSpec, load_pipeline_specs
+
+__all__ = ["execute_job", "register_tasks"]
+
+logger = get_task_logger(__name__)
+
+
+@cache
+def _specs(pipelines_dir: Path) -> dict[str, PipelineSpec]:
+    return load_pipeline_specs(pipelines_dir)
+
+
+def _inside(root: Path, relative: str) -> Path:
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise PipelineError("job refers to a path outside the spool")
+    return path
+
+
+def execute_job(settings: Settings, request: JobRequest) -> JobManifest:
+    """Run one job and write its manifest; never raises for a bad job.
+
+    Parameters
+    ----------
+    settings : Settings
+        Spool and pipeline folders.
+    request : JobRequest
+        What to run.
+
+    Returns
+    -------
+    JobManifest
+        What was written to ``manifest.json``.
+    """
+    from pipelines.run import run_pipeline  # imports torch and MONAI: workers only
+
+    root = settings.spool_dir.resolve()
+    out_dir = _inside(root, request.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previous = read_manifest(out_dir)
+    if previous is not None and previous.status is ManifestStatus.DONE:
+        logger.info("job %d already done; redelivery ignored", request.job_id)
+        return previous
+    try:
+        spec = _specs(settings.pipelines_dir.resolve()).get(request.pipeline)
+        if spec is None:
+            raise PipelineError(f"pipeline {request.pipeline!r} is not configured on this worker")
+        if spec.version != request.pipeline_version:
+            raise PipelineError(
+                f"worker has {spec.name} {spec.version}, job wants {request.pipeline_version}"
+            )
+        inputs = [_inside(root, p) for p in request.inputs]
+        manifest = run_pipeline(spec, inputs, out_dir, request.job_id)
+    except PipelineError as exc:
+        status = ManifestStatus.SKIPPED if exc.skip else ManifestStatus.FAILED
+        logger.warning("job %d %s: %s", request.job_id, status.value, exc.reason)
+        manifest = JobManifest(job_id=request.job_id, status=status, reason=exc.reason)
+    except Exception as exc:  # the Celery task is a process edge: report, never crash
+        logger.exception("job %d failed", request.job_id)
+        manifest = JobManifest(
+            job_id=request.job_id,
+            status=ManifestStatus.FAILED,
+            reason=f"pipeline error: {type(exc).__name__}",
+        )
+    manifest.worker = socket.gethostname()
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def register_tasks(app: Celery) -> None:
+    """Register the worker's tasks on an app built by :func:`worker.app.make_celery`."""
+
+    @app.task(name=RUN_JOB_TASK, bind=True)  # type: ignore[untyped-decorator]
+    def run_job(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+        request = JobRequest.model_validate(payload)
+        settings: Settings = self.app.conf.dicom_node_settings
+        manifest = execute_job(settings, request)
+        return manifest.model_dump(mode="json", include={"job_id", "status", "reason"})
