@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh Debian/Ubuntu machine:
+#   make demo   installs everything and runs the demo
+#   make test   installs everything and runs the tests
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := redis-server orthanc dcmtk dicom3tools
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench-ingest system-deps install
+
+demo: install
+	$(VENV)/bin/dicom-node demo
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Debian packages: the broker, the archive, the sender and the validator.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+# constraints.txt pins the CPU build of torch for development and CI.
+$(STAMP): pyproject.toml constraints.txt | system-deps
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: system-deps $(STAMP)

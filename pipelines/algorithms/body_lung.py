@@ -1,0 +1,313 @@
+"""Body outline and left/right lungs of a chest CT from HU thresholds (no weights).
+
+The steps, as MONAI array transforms on the channel-first image that
+:meth:`pipelines.volume.Volume.to_metatensor` gives (spatial axes
+``(column, row, slice)``, RAS affine):
+
+1. **Body**: ``AsDiscrete(threshold=-500)``, then the largest 6-connected
+   component (the patient table is separated from the patient by air, so it is
+   a different component), then holes filled slice by slice. The lungs are
+   enclosed by the chest wall in every axial slice, so filling puts them inside
+   the body.
+2. **Lung candidates**: voxels below -400 HU inside the body, without the
+   components that touch the outside of the body (partial-volume voxels along
+   the skin, which lie between the two thresholds).
+3. **Lungs**: candidate components of at least :data:`MIN_LUNG_ML` and at least
+   :data:`MIN_LUNG_FRACTION` of the largest one (bowel gas, small air pockets
+   and noise are dropped).
+4. **Right and left**: the patient's right is -x in LPS (+x in RAS), read from
+   the affine, never from the column index. A component that lies at least
+   :data:`SIDE_MAJORITY` on one side of the body's centre goes to that side;
+   one that straddles the midline (lungs touching at the anterior junction, or
+   a trachea joining them) is cut at the midline.
+
+MONAI's ``KeepLargestConnectedComponent`` and ``RemoveSmallObjects`` need
+scikit-image on the CPU, which this project does not install, and its
+``FillHoles`` fills in 3-D. The transforms below wrap ``scipy.ndimage``
+instead and follow MONAI's array-transform conventions.
+
+For demonstration and tests, not for diagnosis: a table that touches the
+patient, or a large air-filled stomach, fools it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from monai.config import NdarrayOrTensor
+from monai.transforms import AsDiscrete, Compose, Transform
+from monai.utils import SpaceKeys, TransformBackends, convert_to_dst_type, convert_to_numpy
+from scipy import ndimage
+
+from pipelines.errors import UnsupportedInput
+from pipelines.volume import Volume
+
+__all__ = [
+    "BODY",
+    "BODY_THRESHOLD_HU",
+    "LABEL_NAMES",
+    "LEFT_LUNG",
+    "LUNG_THRESHOLD_HU",
+    "MIN_LUNG_FRACTION",
+    "MIN_LUNG_ML",
+    "RIGHT_LUNG",
+    "SIDE_MAJORITY",
+    "FillHolesInPlane",
+    "KeepLargestComponent",
+    "segment_body_lungs",
+]
+
+logger = logging.getLogger(__name__)
+
+BODY = "body"
+RIGHT_LUNG = "right_lung"
+LEFT_LUNG = "left_lung"
+#: The masks :func:`segment_body_lungs` returns, by label name.
+LABEL_NAMES = (BODY, RIGHT_LUNG, LEFT_LUNG)
+
+#: Body: at or above this HU (air is -1000, fat -100; the midpoint is -550).
+BODY_THRESHOLD_HU = -500.0
+#: Lung: below this HU (aerated lung about -850, soft tissue about 40; midpoint about -405).
+LUNG_THRESHOLD_HU = -400.0
+#: A lung component must hold at least this volume (mL).
+MIN_LUNG_ML = 50.0
+#: ... and at least this fraction of the largest lung component.
+MIN_LUNG_FRACTION = 0.1
+#: Fraction of a component's voxels on one side of the midline to give it all to that side.
+SIDE_MAJORITY = 0.9
+#: Largest angle (degrees) between the slice normal and the head-feet axis.
+MAX_TILT_DEG = 35.0
+
+# 6-connectivity in 3-D: a thin air gap separates the table from the patient.
+_FACE_3D = ndimage.generate_binary_structure(3, 1)
+
+
+def _in_plane_structure() -> npt.NDArray[np.bool_]:
+    """4-connectivity within the first two spatial axes, none along the third."""
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+    return structure
+
+
+_IN_PLANE = _in_plane_structure()
+
+
+class KeepLargestComponent(Transform):
+    """Keep the largest connected component of a one-channel binary image.
+
+    Like ``monai.transforms.KeepLargestConnectedComponent`` for a single
+    foreground, but with ``scipy.ndimage.label`` (no scikit-image needed).
+
+    Parameters
+    ----------
+    connectivity : int
+        1 (faces), 2 (faces and edges) or 3 (and corners), as in scikit-image.
+    """
+
+    backend = [TransformBackends.NUMPY]
+
+    def __init__(self, connectivity: int = 1) -> None:
+        if connectivity not in (1, 2, 3):
+            raise ValueError(f"connectivity must be 1, 2 or 3, got {connectivity}")
+        self.connectivity = connectivity
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Return a boolean image of the same type holding the largest component.
+
+        Parameters
+        ----------
+        img : numpy.ndarray or torch.Tensor
+            Shape ``(1, *spatial)``; non-zero is foreground.
+
+        Returns
+        -------
+        numpy.ndarray or torch.Tensor
+            Same type and meta as ``img``, dtype bool.
+        """
+        mask = _channel(img)
+        structure = ndimage.generate_binary_structure(mask.ndim, self.connectivity)
+        labels, count = ndimage.label(mask, structure=structure)
+        if count > 1:
+            sizes = np.bincount(labels.ravel())
+            sizes[0] = 0
+            mask = labels == int(np.argmax(sizes))
+        return _like(mask, img)
+
+
+class FillHolesInPlane(Transform):
+    """Fill holes of a one-channel binary image in each plane of the first two spatial axes.
+
+    A hole is background that is not 4-connected, within its plane, to the
+    plane's border. For an image from :meth:`Volume.to_metatensor` the planes are
+    the acquired slices. MONAI's ``FillHoles`` works in 3-D instead, where the
+    lungs are not holes (the airway and the ends of the scan open them).
+    """
+
+    backend = [TransformBackends.NUMPY]
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Return the image with in-plane holes filled.
+
+        Parameters
+        ----------
+        img : numpy.ndarray or torch.Tensor
+            Shape ``(1, x, y, z)``; non-zero is foreground.
+
+        Returns
+        -------
+        numpy.ndarray or torch.Tensor
+            Same type and meta as ``img``, dtype bool.
+
+        Raises
+        ------
+        ValueError
+            If the image is not three-dimensional.
+        """
+        mask = _channel(img)
+        if mask.ndim != 3:
+            raise ValueError(f"FillHolesInPlane needs 3 spatial dimensions, got {mask.ndim}")
+        labels, _ = ndimage.label(~mask, structure=_IN_PLANE)
+        border = np.unique(
+            np.concatenate(
+                [labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(), labels[:, -1].ravel()]
+            )
+        )
+        outside = np.zeros(int(labels.max()) + 1, dtype=bool)
+        outside[border] = True
+        outside[0] = False  # label 0 is the foreground itself
+        return _like(~outside[labels], img)
+
+
+def segment_body_lungs(volume: Volume) -> dict[str, npt.NDArray[np.bool_]]:
+    """Segment the body and the right and left lungs of a chest CT.
+
+    Parameters
+    ----------
+    volume : Volume
+        An axial CT in HU.
+
+    Returns
+    -------
+    dict[str, numpy.ndarray]
+        Boolean masks of shape ``volume.shape`` for ``body``, ``right_lung`` and
+        ``left_lung``. They overlap: the body contains the lungs.
+
+    Raises
+    ------
+    UnsupportedInput
+        If the series is not CT or its slices are not (roughly) axial.
+    """
+    modality = str(volume.datasets[0].get("Modality", ""))
+    if modality != "CT":
+        raise UnsupportedInput(f"body_lung_threshold needs CT, the series is {modality or 'unknown'}")
+    tilt = math.degrees(math.acos(min(1.0, abs(float(volume.slice_normal[2])))))
+    if tilt > MAX_TILT_DEG:
+        raise UnsupportedInput(
+            f"body_lung_threshold needs axial slices; these are {tilt:.0f} degrees from axial"
+        )
+    started = time.perf_counter()
+    image = volume.to_metatensor()
+    body_chain = Compose(
+        [AsDiscrete(threshold=BODY_THRESHOLD_HU), KeepLargestComponent(1), FillHolesInPlane()]
+    )
+    body = _channel(body_chain(image))
+    dense = _channel(AsDiscrete(threshold=LUNG_THRESHOLD_HU)(image))
+    candidates = body & ~dense
+    del dense
+    lungs = _lung_components(candidates, body, volume.voxel_volume_ml)
+    affine_lps = _lps_affine(image.affine, image.meta.get("space", SpaceKeys.RAS))
+    right, left = _split_sides(lungs, body, affine_lps)
+    masks = {
+        BODY: volume.from_monai_layout(body),
+        RIGHT_LUNG: volume.from_monai_layout(right),
+        LEFT_LUNG: volume.from_monai_layout(left),
+    }
+    logger.info(
+        "body_lung_threshold slices=%d seconds=%.3f", volume.shape[0], time.perf_counter() - started
+    )
+    return {name: np.asarray(mask, dtype=np.bool_) for name, mask in masks.items()}
+
+
+def _lung_components(
+    candidates: npt.NDArray[np.bool_], body: npt.NDArray[np.bool_], voxel_ml: float
+) -> npt.NDArray[np.int32]:
+    """Label the lung candidates and keep the lung-sized ones (0 elsewhere)."""
+    labels, count = ndimage.label(candidates, structure=_FACE_3D)
+    if count == 0:
+        return labels
+    # Candidates next to the outside (in-plane) are the skin's partial-volume rim.
+    outside = ~body
+    touches = np.zeros_like(candidates)
+    touches[1:] |= outside[:-1]
+    touches[:-1] |= outside[1:]
+    touches[:, 1:] |= outside[:, :-1]
+    touches[:, :-1] |= outside[:, 1:]
+    touches &= candidates
+    sizes = np.bincount(labels.ravel(), minlength=count + 1).astype(np.float64)
+    sizes[0] = 0
+    sizes[np.unique(labels[touches])] = 0
+    largest = float(sizes.max())
+    keep = (sizes * voxel_ml >= MIN_LUNG_ML) & (sizes >= MIN_LUNG_FRACTION * largest)
+    keep[0] = False
+    kept = np.flatnonzero(keep)
+    relabel = np.zeros(count + 1, dtype=np.int32)
+    relabel[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
+    return relabel[labels]
+
+
+def _split_sides(
+    lungs: npt.NDArray[np.int32], body: npt.NDArray[np.bool_], affine_lps: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Assign lung components to the patient's right (-x in LPS) or left."""
+    right = np.zeros(lungs.shape, dtype=bool)
+    left = np.zeros(lungs.shape, dtype=bool)
+    count = int(lungs.max())
+    if count == 0:
+        return right, left
+    centre_index = np.asarray(ndimage.center_of_mass(body), dtype=np.float64)
+    midline_x = float(affine_lps[0, :3] @ centre_index + affine_lps[0, 3])
+    coords = np.nonzero(lungs)
+    x = affine_lps[0, 3] + sum(affine_lps[0, axis] * coords[axis] for axis in range(3))
+    on_right = np.asarray(x < midline_x)
+    component = lungs[coords]
+    for label in range(1, count + 1):
+        members = component == label
+        fraction_right = float(np.mean(on_right[members]))
+        if fraction_right >= SIDE_MAJORITY:
+            side_right = np.ones(int(members.sum()), dtype=bool)
+        elif fraction_right <= 1.0 - SIDE_MAJORITY:
+            side_right = np.zeros(int(members.sum()), dtype=bool)
+        else:
+            side_right = on_right[members]
+        where = tuple(c[members] for c in coords)
+        right[where] = side_right
+        left[where] = ~side_right
+    return right, left
+
+
+def _lps_affine(affine: torch.Tensor | npt.NDArray[np.float64], space: object) -> npt.NDArray[np.float64]:
+    """Return the image's affine in LPS, whatever space its meta says."""
+    matrix = np.asarray(convert_to_numpy(affine), dtype=np.float64)
+    if str(space) == str(SpaceKeys.LPS):
+        return matrix
+    return np.asarray(np.diag([-1.0, -1.0, 1.0, 1.0]) @ matrix, dtype=np.float64)
+
+
+def _channel(img: NdarrayOrTensor) -> npt.NDArray[np.bool_]:
+    """The single channel of a channel-first image as a numpy bool array."""
+    if img.shape[0] != 1:
+        raise ValueError(f"expected one channel, got {img.shape[0]}")
+    array = convert_to_numpy(img[0])
+    return np.asarray(array != 0) if array.dtype != np.bool_ else np.asarray(array)
+
+
+def _like(mask: npt.NDArray[np.bool_], img: NdarrayOrTensor) -> NdarrayOrTensor:
+    """Wrap a spatial mask as a one-channel image of the type (and meta) of ``img``."""
+    out, *_ = convert_to_dst_type(mask[np.newaxis], dst=img, dtype=torch.bool)
+    return out
+
