@@ -131,7 +131,7 @@ class KeepLargestComponent(Transform):
         """
         mask = _channel(img)
         structure = ndimage.generate_binary_structure(mask.ndim, self.connectivity)
-        labels, count = ndimage.label(mask, structure=structure)
+        labels, count = _label(mask, structure)
         if count > 1:
             sizes = np.bincount(labels.ravel())
             sizes[0] = 0
@@ -171,7 +171,7 @@ class FillHolesInPlane(Transform):
         mask = _channel(img)
         if mask.ndim != 3:
             raise ValueError(f"FillHolesInPlane needs 3 spatial dimensions, got {mask.ndim}")
-        labels, _ = ndimage.label(~mask, structure=_IN_PLANE)
+        labels, _ = _label(~mask, _IN_PLANE)
         border = np.unique(
             np.concatenate(
                 [labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(), labels[:, -1].ravel()]
@@ -237,7 +237,7 @@ def _lung_components(
     candidates: npt.NDArray[np.bool_], body: npt.NDArray[np.bool_], voxel_ml: float
 ) -> npt.NDArray[np.int32]:
     """Label the lung candidates and keep the lung-sized ones (0 elsewhere)."""
-    labels, count = ndimage.label(candidates, structure=_FACE_3D)
+    labels, count = _label(candidates, _FACE_3D)
     if count == 0:
         return labels
     # Candidates next to the outside (in-plane) are the skin's partial-volume rim.
@@ -269,7 +269,7 @@ def _split_sides(
     count = int(lungs.max())
     if count == 0:
         return right, left
-    centre_index = np.asarray(ndimage.center_of_mass(body), dtype=np.float64)
+    centre_index = _centre_of_mass(body)
     midline_x = float(affine_lps[0, :3] @ centre_index + affine_lps[0, 3])
     coords = np.nonzero(lungs)
     x = affine_lps[0, 3] + sum(affine_lps[0, axis] * coords[axis] for axis in range(3))
@@ -288,6 +288,32 @@ def _split_sides(
         right[where] = side_right
         left[where] = ~side_right
     return right, left
+
+
+def _label(
+    mask: npt.NDArray[np.bool_], structure: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.int32], int]:
+    """``scipy.ndimage.label`` in the array's memory order.
+
+    The MONAI layout is a transposed (Fortran-ordered) view of the volume;
+    labelling its C-ordered transpose avoids a copy and strided access.
+    """
+    if mask.flags.f_contiguous and not mask.flags.c_contiguous:
+        labels, count = ndimage.label(mask.T, structure=structure.T)
+        return labels.T, int(count)
+    labels, count = ndimage.label(mask, structure=structure)
+    return labels, int(count)
+
+
+def _centre_of_mass(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+    """Mean index of a non-empty mask along each axis, from its projections."""
+    total = float(np.count_nonzero(mask))
+    centre = np.empty(mask.ndim, dtype=np.float64)
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        counts = np.count_nonzero(mask, axis=others)
+        centre[axis] = float(np.arange(counts.size) @ counts) / total
+    return centre
 
 
 def _lps_affine(affine: torch.Tensor | npt.NDArray[np.float64], space: object) -> npt.NDArray[np.float64]:
