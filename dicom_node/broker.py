@@ -11,9 +11,9 @@ from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
-from pipelines.manifest import JobRequest
 
 from dicom_node.settings import BrokerSettings
+from pipelines.manifest import JobRequest
 
 __all__ = ["RUN_JOB_TASK", "celery_config", "make_producer", "send_job", "task_state"]
 

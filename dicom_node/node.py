@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from pipelines.spec import load_pipeline_specs
-
 from dicom_node.broker import make_producer
 from dicom_node.scp import Receiver, ReceiverHandle
+from dicom_node.scp.pool import ReceiverPool
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
 from dicom_node.state import StateDB
 from dicom_node.supervisor import Supervisor
+from pipelines.spec import load_pipeline_specs
 
 __all__ = ["Node"]
 
@@ -43,18 +43,30 @@ class Node:
             settings, self.spool, self.state, self.pipelines, self.producer
         )
         self._handle: ReceiverHandle | None = None
+        self._pool: ReceiverPool | None = None
 
     def start(self) -> ReceiverHandle:
         """Start receiving and supervising; return the receiver's handle."""
         logger.info(
             "starting: spool=%s pipelines=%s", self.spool.root, ", ".join(self.pipelines) or "-"
         )
-        self._handle = self.receiver.start()
+        processes = self.settings.scp.processes
+        self._handle = self.receiver.start(reuse_port=processes > 1)
+        if processes > 1:
+            self._pool = ReceiverPool(self.settings, self._handle.port)
+            self._pool.start()
         self.supervisor.start()
         return self._handle
 
+    def check(self) -> None:
+        """Restart extra receiver processes that died; call it periodically."""
+        if self._pool is not None:
+            self._pool.check()
+
     def stop(self) -> None:
         """Stop receiving first, then let the supervisor finish its pass."""
+        if self._pool is not None:
+            self._pool.stop()
         if self._handle is not None:
             self._handle.stop()
         self.supervisor.stop()

@@ -39,9 +39,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from pipelines.spec import ConditionValue, PipelineSpec, SelectionMode, SelectionRule
-
 from dicom_node.state import SeriesInputs
+from pipelines.spec import ConditionValue, PipelineSpec, SelectionMode, SelectionRule
 
 __all__ = ["RouteDecision", "orientation_of", "route_study", "rule_matches"]
 

@@ -65,7 +65,9 @@ def wait_until(check: Any, timeout_s: float, what: str, interval_s: float = 0.1)
 
 
 def _binary(name: str, package: str) -> str:
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    path = shutil.which(name) or (
+        f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None
+    )
     if path is None:
         raise ServiceError(f"{name} not found: install the Debian package '{package}'")
     return path
@@ -103,7 +105,9 @@ def redis_ping(port: int, host: str = "127.0.0.1") -> bool:
 
 
 @contextmanager
-def run_redis(folder: Path, port: int | None = None, *, appendonly: bool = True) -> Iterator[RedisHandle]:
+def run_redis(
+    folder: Path, port: int | None = None, *, appendonly: bool = True
+) -> Iterator[RedisHandle]:
     """Run redis-server on loopback with its data in ``folder``.
 
     Parameters
@@ -212,7 +216,10 @@ def run_orthanc(
     env = dict(os.environ, TCP_NODELAY="1")
     log = (folder / "orthanc.log").open("wb")
     proc = subprocess.Popen(
-        [_binary("Orthanc", "orthanc"), str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=env
+        [_binary("Orthanc", "orthanc"), str(config_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     handle = OrthancHandle(
         dicom_port=dicom_port, http_port=http_port, ae_title=ae_title, pid=proc.pid, folder=folder

@@ -9,11 +9,12 @@ Every field has a default, and unknown keys are errors.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +23,7 @@ from pydantic_settings import (
 )
 
 __all__ = [
+    "AllowedCaller",
     "BrokerSettings",
     "DestinationSettings",
     "ExportSettings",
@@ -29,6 +31,7 @@ __all__ = [
     "Settings",
     "SourceSettings",
     "StabilitySettings",
+    "TlsSettings",
     "WorkerSettings",
     "load_settings",
 ]
@@ -63,6 +66,60 @@ class SourceSettings(_Section):
     )
 
 
+class AllowedCaller(_Section):
+    """A sender allowed to associate: its AE title and, optionally, its addresses."""
+
+    ae_title: AETitle = Field(description="Calling AE title.")
+    addresses: list[str] = Field(
+        default_factory=list,
+        description="IP addresses or networks (CIDR) it may connect from; empty allows any.",
+    )
+
+    @field_validator("addresses")
+    @classmethod
+    def _check_addresses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # raises ValueError with the bad value
+        return value
+
+    def allows(self, address: str) -> bool:
+        """Whether ``address`` is one of this caller's addresses."""
+        if not self.addresses:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.addresses)
+
+
+class TlsSettings(_Section):
+    """DICOM TLS (PS3.15 B.1, the BCP 195 profiles) for the receiver."""
+
+    enabled: bool = Field(default=False, description="Accept only TLS connections.")
+    certificate: Path | None = Field(default=None, description="Server certificate (PEM).")
+    private_key: Path | None = Field(default=None, description="Server private key (PEM).")
+    ca_certificates: Path | None = Field(
+        default=None, description="CA bundle (PEM) that signs accepted client certificates."
+    )
+    require_client_certificate: bool = Field(
+        default=False, description="Refuse clients without a certificate signed by the CA."
+    )
+
+    @model_validator(mode="after")
+    def _check_files(self) -> TlsSettings:
+        if not self.enabled:
+            return self
+        if self.certificate is None or self.private_key is None:
+            raise ValueError("tls.certificate and tls.private_key are required when TLS is on")
+        for path in (self.certificate, self.private_key, self.ca_certificates):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("tls.ca_certificates is required to verify client certificates")
+        return self
+
+
 class ScpSettings(_Section):
     """The DICOM receiver (C-ECHO and C-STORE SCP)."""
 
@@ -78,6 +135,23 @@ class ScpSettings(_Section):
         ge=0,
         description="Refuse instances with 0xA700 when the spool disk has less free space.",
     )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Receiver processes sharing the port (SO_REUSEPORT); >1 uses several cores.",
+    )
+    allow_list_enabled: bool = Field(
+        default=False, description="Refuse associations from callers not in allowed_callers."
+    )
+    allowed_callers: list[AllowedCaller] = Field(
+        default_factory=list, description="Senders allowed when the allow-list is enabled."
+    )
+    accepted_sop_classes: list[str] = Field(
+        default_factory=list,
+        description="Storage SOP Class UIDs to accept; empty accepts all, others get 0x0122.",
+    )
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="DICOM TLS.")
 
 
 class StabilitySettings(_Section):

@@ -21,8 +21,6 @@ from collections import defaultdict
 from pathlib import Path
 
 from celery import Celery
-from pipelines.manifest import JobManifest, JobRequest, ManifestStatus, read_manifest
-from pipelines.spec import PipelineSpec
 
 from dicom_node.broker import send_job, task_state
 from dicom_node.export import next_attempt, send_files
@@ -32,6 +30,8 @@ from dicom_node.settings import Settings
 from dicom_node.spool import Spool
 from dicom_node.state import ExportState, JobState, JobView, NewJob, StateDB
 from dicom_node.state.schema import utcnow
+from pipelines.manifest import JobManifest, JobRequest, ManifestStatus, read_manifest
+from pipelines.spec import PipelineSpec
 
 __all__ = ["Supervisor"]
 
@@ -183,7 +183,9 @@ class Supervisor:
 
     def _finish(self, job: JobView, job_dir: Path, manifest: JobManifest) -> None:
         if manifest.status is not ManifestStatus.DONE:
-            state = JobState.SKIPPED if manifest.status is ManifestStatus.SKIPPED else JobState.FAILED
+            state = (
+                JobState.SKIPPED if manifest.status is ManifestStatus.SKIPPED else JobState.FAILED
+            )
             self.state.set_job_state(job.id, state, reason=manifest.reason)
             logger.info("job %d %s: %s", job.id, state.value, manifest.reason)
             return

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,7 +36,7 @@ from pipelines.load import NATIVE_TRANSFER_SYNTAXES, Series, SeriesFile
 if TYPE_CHECKING:
     from monai.data import MetaTensor
 
-__all__ = ["RegionStats", "Volume", "to_volume"]
+__all__ = ["RegionStats", "TensorLayout", "Volume", "to_volume"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,15 @@ _MONAI_TO_OURS = np.array(
     [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64
 )
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class TensorLayout(StrEnum):
+    """Axis order and space of :meth:`Volume.to_metatensor`."""
+
+    #: As MONAI's ``LoadImage`` (ITK reader) gives: ``(1, column, row, slice)``, RAS affine.
+    MONAI = "monai"
+    #: As :attr:`Volume.array`: ``(1, slice, row, column)``, LPS affine; no transposed views.
+    SLICES = "slices"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +131,28 @@ class Volume:
         """The affine of :meth:`to_metatensor`: index ``(column, row, slice, 1)`` to RAS mm."""
         return np.asarray(_LPS_TO_RAS @ self.affine @ _MONAI_TO_OURS, dtype=np.float64)
 
-    def to_metatensor(self) -> MetaTensor:
-        """Return the volume as MONAI sees an image loaded by ``LoadImage``.
+    def to_metatensor(self, layout: str | TensorLayout = TensorLayout.MONAI) -> MetaTensor:
+        """Return the volume as a channel-first MONAI ``MetaTensor``.
+
+        Parameters
+        ----------
+        layout : str or TensorLayout
+            ``monai`` (default): as ``LoadImage`` gives an image, so transforms and
+            bundles see what they were built for; spatial axes ``(column, row,
+            slice)`` and an RAS affine. ``slices``: the axes of :attr:`array` and
+            the LPS :attr:`affine`, which keeps slice-wise work on contiguous memory.
 
         Returns
         -------
         monai.data.MetaTensor
-            Shape ``(1, columns, rows, slices)``, float32, sharing memory with
-            :attr:`array`; ``meta`` holds the RAS ``affine``, ``original_affine``,
-            ``spatial_shape`` and ``space`` = ``RAS``.
+            float32, shape ``(1, *spatial)``, sharing memory with :attr:`array`;
+            ``meta`` holds ``affine``, ``original_affine``, ``spatial_shape`` and
+            ``space`` (``RAS`` or ``LPS``).
+
+        Raises
+        ------
+        ValueError
+            If ``layout`` is not a :class:`TensorLayout` value.
 
         Note
         ----
@@ -139,12 +162,19 @@ class Volume:
         from monai.data import MetaTensor
         from monai.utils import MetaKeys, SpaceKeys
 
-        data = torch.from_numpy(self.array.transpose(2, 1, 0))[None]
-        affine = torch.as_tensor(self.monai_affine, dtype=torch.float64)
+        layout = TensorLayout(layout)
+        if layout is TensorLayout.MONAI:
+            data = torch.from_numpy(self.array.transpose(2, 1, 0))[None]
+            affine = torch.as_tensor(self.monai_affine, dtype=torch.float64)
+            space = SpaceKeys.RAS
+        else:
+            data = torch.from_numpy(self.array)[None]
+            affine = torch.as_tensor(self.affine, dtype=torch.float64)
+            space = SpaceKeys.LPS
         meta = {
             MetaKeys.ORIGINAL_AFFINE: affine.clone(),
             MetaKeys.SPATIAL_SHAPE: np.asarray(data.shape[1:]),
-            MetaKeys.SPACE: SpaceKeys.RAS,
+            MetaKeys.SPACE: space,
             MetaKeys.ORIGINAL_CHANNEL_DIM: "no_channel",
         }
         return MetaTensor(data, affine=affine, meta=meta)

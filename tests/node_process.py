@@ -80,9 +80,11 @@ def run_node(config_path: Path) -> Iterator[NodeProcess]:
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
-    dest = DestinationSettings(name="node", ae_title="DICOM_NODE", host="127.0.0.1", port=port,
-                               timeout_s=2)
+    dest = DestinationSettings(
+        name="node", ae_title="DICOM_NODE", host="127.0.0.1", port=port, timeout_s=2
+    )
     try:
+
         def ready() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"node exited: {log_path.read_text()[-3000:]}")
@@ -111,7 +113,9 @@ def run_worker(config_path: Path) -> Iterator[subprocess.Popen[bytes]]:
         _stop(proc)
 
 
-def storescu(port: int, files: list[Path] | Path, *, calling_ae: str = "STORESCU") -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int, files: list[Path] | Path, *, calling_ae: str = "STORESCU"
+) -> subprocess.CompletedProcess[str]:
     """Send files (or a folder, scanned) with dcmtk's storescu; TCP_NODELAY is set."""
     args = ["storescu", "-v", "-aet", calling_ae, "-aec", "DICOM_NODE", "-to", "10", "-ta", "10",
             "-td", "30"]  # fmt: skip

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from pipelines.errors import PipelineConfigError
-from pipelines.spec import load_pipeline_specs
 
 from dicom_node.cli.options import build_settings, common_options, configure_logging
+from pipelines.errors import PipelineConfigError
+from pipelines.spec import load_pipeline_specs
 
 
 @click.group(name="config")

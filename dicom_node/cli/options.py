@@ -36,7 +36,13 @@ def common_options(func: F) -> F:
 
 def configure_logging(verbose: int, quiet: bool, default: str = "INFO") -> None:
     """Log to stderr; pynetdicom's chatter stays at WARNING unless -vv."""
-    level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.getLevelName(default)
+    level = (
+        logging.WARNING
+        if quiet
+        else logging.DEBUG
+        if verbose >= 2
+        else logging.getLevelName(default)
+    )
     logging.basicConfig(
         level=level,
         stream=sys.stderr,

@@ -9,10 +9,10 @@ from pathlib import Path
 from types import FrameType
 
 import click
-from pipelines.errors import PipelineConfigError
 
 from dicom_node.cli.options import build_settings, common_options, configure_logging
 from dicom_node.node import Node
+from pipelines.errors import PipelineConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def serve(config: Path | None, verbose: int, quiet: bool, port: int | None) -> i
     # A line on stdout tells a supervisor (or a test) the port actually bound.
     click.echo(f"listening {handle.host}:{handle.port}", nl=True)
     try:
-        stop.wait()
+        while not stop.wait(5.0):
+            node.check()
     finally:
         node.stop()
     return 0

@@ -11,7 +11,9 @@ from dicom_node.cli.options import build_settings, common_options, configure_log
 
 @click.command()
 @common_options
-@click.option("-Q", "--queues", default=None, help="Comma-separated queues (default: worker.queues).")
+@click.option(
+    "-Q", "--queues", default=None, help="Comma-separated queues (default: worker.queues)."
+)
 @click.option("--concurrency", type=int, default=None, help="Worker processes.")
 def worker(
     config: Path | None, verbose: int, quiet: bool, queues: str | None, concurrency: int | None

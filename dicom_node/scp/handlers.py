@@ -22,7 +22,7 @@ from pynetdicom.association import Association
 from dicom_node.errors import InvalidUID, SpoolFull
 from dicom_node.phi import study_tag
 from dicom_node.scp.status import StoreStatus
-from dicom_node.settings import StabilitySettings
+from dicom_node.settings import AllowedCaller, StabilitySettings
 from dicom_node.spool import Spool
 from dicom_node.state import InstanceRecord, StateDB
 from dicom_node.state.schema import utcnow
@@ -36,6 +36,7 @@ __all__ = [
     "handle_closed",
     "handle_echo",
     "handle_released",
+    "handle_requested",
     "handle_store",
 ]
 
@@ -86,6 +87,8 @@ class StoreContext:
     stability: StabilitySettings
     called_ae: str
     accepted_sop_classes: frozenset[str] | None = None
+    #: None: anyone may associate. A list: only these callers (AE title and address).
+    allowed_callers: list[AllowedCaller] | None = None
     associations: dict[int, AssociationStats] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -116,6 +119,25 @@ def _routing_attributes(ds: Dataset) -> dict[str, object]:
 def handle_echo(event: evt.Event) -> int:  # noqa: ARG001
     """Answer C-ECHO with success (PS3.7 9.1.5)."""
     return 0x0000
+
+
+def handle_requested(event: evt.Event, ctx: StoreContext) -> None:
+    """Refuse callers that the allow-list does not name, with A-ASSOCIATE-RJ.
+
+    The rejection is permanent, by the service user, with the reason "calling
+    AE title not recognized" (PS3.8 9.3.4): DICOM has no reason for a wrong
+    address, and a known AE title from an unknown address is treated as unknown.
+    """
+    if ctx.allowed_callers is None:
+        return
+    primitive = event.assoc.requestor.primitive
+    calling_ae = str(primitive.calling_ae_title).strip()
+    address = str(event.assoc.requestor.address)
+    if any(c.ae_title == calling_ae and c.allows(address) for c in ctx.allowed_callers):
+        return
+    logger.warning("association refused: caller %s from %s is not allowed", calling_ae, address)
+    event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+    event.assoc.kill()
 
 
 def handle_accepted(event: evt.Event, ctx: StoreContext) -> None:

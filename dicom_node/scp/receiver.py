@@ -16,8 +16,10 @@ from dicom_node.scp.handlers import (
     handle_closed,
     handle_echo,
     handle_released,
+    handle_requested,
     handle_store,
 )
+from dicom_node.scp.tls import server_context
 from dicom_node.settings import ScpSettings, StabilitySettings
 from dicom_node.spool import Spool
 from dicom_node.state import StateDB
@@ -68,7 +70,12 @@ class Receiver:
     ) -> None:
         self.settings = settings
         self.context = StoreContext(
-            spool=spool, state=state, stability=stability, called_ae=settings.ae_title
+            spool=spool,
+            state=state,
+            stability=stability,
+            called_ae=settings.ae_title,
+            accepted_sop_classes=frozenset(settings.accepted_sop_classes) or None,
+            allowed_callers=list(settings.allowed_callers) if settings.allow_list_enabled else None,
         )
         ae = AE(ae_title=settings.ae_title)
         ae.maximum_associations = settings.max_associations
@@ -79,8 +86,14 @@ class Receiver:
         ae.add_supported_context(Verification)
         self.ae = ae
 
-    def start(self) -> ReceiverHandle:
+    def start(self, *, reuse_port: bool = False) -> ReceiverHandle:
         """Start listening in background threads.
+
+        Parameters
+        ----------
+        reuse_port : bool
+            Bind with SO_REUSEPORT so several receiver processes share the port
+            and the kernel spreads incoming associations over them.
 
         Returns
         -------
@@ -89,6 +102,7 @@ class Receiver:
         """
         ctx = self.context
         handlers = [
+            (evt.EVT_REQUESTED, handle_requested, [ctx]),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [ctx]),
             (evt.EVT_ACCEPTED, handle_accepted, [ctx]),
@@ -96,8 +110,15 @@ class Receiver:
             (evt.EVT_ABORTED, handle_aborted, [ctx]),
             (evt.EVT_CONN_CLOSE, handle_closed, [ctx]),
         ]
+        # socketserver reads this class attribute when it binds; set it only when
+        # asked, so a second node started by mistake fails to bind instead of
+        # silently taking half the traffic.
+        ThreadedAssociationServer.allow_reuse_port = reuse_port
         server = self.ae.start_server(
-            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+            (self.settings.host, self.settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=server_context(self.settings.tls),
         )
         host, port = server.server_address[:2]
         logger.info("receiving as %s on %s:%d", self.settings.ae_title, host, port)

@@ -330,9 +330,7 @@ class StateDB:
 
     # -- stability --------------------------------------------------------------
 
-    def studies_due(
-        self, now: datetime.datetime, quiet_for: Callable[[str], float]
-    ) -> list[str]:
+    def studies_due(self, now: datetime.datetime, quiet_for: Callable[[str], float]) -> list[str]:
         """Return arriving studies that have been quiet long enough.
 
         Parameters
@@ -540,7 +538,9 @@ class StateDB:
                 raise ValueError(f"job {job_id} does not exist")
             for dest in destinations:
                 for path, sop_uid in objects:
-                    s.add(Export(job_id=job_id, destination=dest, path=path, sop_instance_uid=sop_uid))
+                    s.add(
+                        Export(job_id=job_id, destination=dest, path=path, sop_instance_uid=sop_uid)
+                    )
             job.state = JobState.EXPORTING
             job.measurements = measurements
             job.updated_at = utcnow()

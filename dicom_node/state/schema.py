@@ -163,9 +163,7 @@ class Job(Base):
     updated_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     measurements: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
 
-    __table_args__ = (
-        UniqueConstraint("series_uid", "pipeline", "pipeline_version", "input_hash"),
-    )
+    __table_args__ = (UniqueConstraint("series_uid", "pipeline", "pipeline_version", "input_hash"),)
 
 
 class JobEvent(Base):

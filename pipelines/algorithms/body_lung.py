@@ -1,8 +1,9 @@
 """Body outline and left/right lungs of a chest CT from HU thresholds (no weights).
 
 The steps, as MONAI array transforms on the channel-first image that
-:meth:`pipelines.volume.Volume.to_metatensor` gives (spatial axes
-``(column, row, slice)``, RAS affine):
+:meth:`pipelines.volume.Volume.to_metatensor` gives in the ``slices`` layout
+(spatial axes ``(slice, row, column)``, LPS affine; the ``monai`` layout is a
+transposed view, on which every slice-wise step would stride through memory):
 
 1. **Body**: ``AsDiscrete(threshold=-500)``, then the largest 6-connected
    component (the patient table is separated from the patient by air, so it is
@@ -41,11 +42,17 @@ import numpy.typing as npt
 import torch
 from monai.config import NdarrayOrTensor
 from monai.transforms import AsDiscrete, Compose, Transform
-from monai.utils import SpaceKeys, TransformBackends, convert_to_dst_type, convert_to_numpy
+from monai.utils import (
+    MetaKeys,
+    SpaceKeys,
+    TransformBackends,
+    convert_to_dst_type,
+    convert_to_numpy,
+)
 from scipy import ndimage
 
 from pipelines.errors import UnsupportedInput
-from pipelines.volume import Volume
+from pipelines.volume import TensorLayout, Volume
 
 __all__ = [
     "BODY",
@@ -87,14 +94,14 @@ MAX_TILT_DEG = 35.0
 _FACE_3D = ndimage.generate_binary_structure(3, 1)
 
 
-def _in_plane_structure() -> npt.NDArray[np.bool_]:
-    """4-connectivity within the first two spatial axes, none along the third."""
+def _in_slice_structure() -> npt.NDArray[np.bool_]:
+    """4-connectivity within axes 1 and 2, none along axis 0 (the slices)."""
     structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+    structure[1] = ndimage.generate_binary_structure(2, 1)
     return structure
 
 
-_IN_PLANE = _in_plane_structure()
+_IN_SLICE = _in_slice_structure()
 
 
 class KeepLargestComponent(Transform):
@@ -140,23 +147,33 @@ class KeepLargestComponent(Transform):
 
 
 class FillHolesInPlane(Transform):
-    """Fill holes of a one-channel binary image in each plane of the first two spatial axes.
+    """Fill the holes of a one-channel binary 3-D image slice by slice.
 
-    A hole is background that is not 4-connected, within its plane, to the
-    plane's border. For an image from :meth:`Volume.to_metatensor` the planes are
-    the acquired slices. MONAI's ``FillHoles`` works in 3-D instead, where the
-    lungs are not holes (the airway and the ends of the scan open them).
+    A hole is background that is not 4-connected, within its slice, to the
+    slice's border. MONAI's ``FillHoles`` works in 3-D instead, where the lungs
+    are not holes (the airway and the ends of the scan open them).
+
+    Parameters
+    ----------
+    slice_axis : int
+        Spatial axis across which the slices are stacked: 0 for the ``slices``
+        layout of :meth:`Volume.to_metatensor`, 2 for the ``monai`` layout.
     """
 
     backend = [TransformBackends.NUMPY]
 
+    def __init__(self, slice_axis: int = 0) -> None:
+        if slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+        self.slice_axis = slice_axis
+
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        """Return the image with in-plane holes filled.
+        """Return the image with in-slice holes filled.
 
         Parameters
         ----------
         img : numpy.ndarray or torch.Tensor
-            Shape ``(1, x, y, z)``; non-zero is foreground.
+            Shape ``(1, *spatial)`` with three spatial axes; non-zero is foreground.
 
         Returns
         -------
@@ -166,21 +183,29 @@ class FillHolesInPlane(Transform):
         Raises
         ------
         ValueError
-            If the image is not three-dimensional.
+            If the image does not have three spatial axes.
         """
         mask = _channel(img)
         if mask.ndim != 3:
-            raise ValueError(f"FillHolesInPlane needs 3 spatial dimensions, got {mask.ndim}")
-        labels, _ = _label(~mask, _IN_PLANE)
+            raise ValueError(f"FillHolesInPlane needs 3 spatial axes, got {mask.ndim}")
+        # Work with the slice axis first, so each slice is a[k].
+        background = np.moveaxis(~mask, self.slice_axis, 0)
+        labels, _ = _label(background, _IN_SLICE)
         border = np.unique(
             np.concatenate(
-                [labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(), labels[:, -1].ravel()]
+                [
+                    labels[:, 0, :].ravel(),
+                    labels[:, -1, :].ravel(),
+                    labels[:, :, 0].ravel(),
+                    labels[:, :, -1].ravel(),
+                ]
             )
         )
         outside = np.zeros(int(labels.max()) + 1, dtype=bool)
         outside[border] = True
         outside[0] = False  # label 0 is the foreground itself
-        return _like(~outside[labels], img)
+        filled = np.moveaxis(~outside[labels], 0, self.slice_axis)
+        return _like(filled, img)
 
 
 def segment_body_lungs(volume: Volume) -> dict[str, npt.NDArray[np.bool_]]:
@@ -211,26 +236,25 @@ def segment_body_lungs(volume: Volume) -> dict[str, npt.NDArray[np.bool_]]:
             f"body_lung_threshold needs axial slices; these are {tilt:.0f} degrees from axial"
         )
     started = time.perf_counter()
-    image = volume.to_metatensor()
+    image = volume.to_metatensor(TensorLayout.SLICES)
     body_chain = Compose(
-        [AsDiscrete(threshold=BODY_THRESHOLD_HU), KeepLargestComponent(1), FillHolesInPlane()]
+        [
+            AsDiscrete(threshold=BODY_THRESHOLD_HU),
+            KeepLargestComponent(connectivity=1),
+            FillHolesInPlane(slice_axis=0),
+        ]
     )
     body = _channel(body_chain(image))
     dense = _channel(AsDiscrete(threshold=LUNG_THRESHOLD_HU)(image))
     candidates = body & ~dense
     del dense
     lungs = _lung_components(candidates, body, volume.voxel_volume_ml)
-    affine_lps = _lps_affine(image.affine, image.meta.get("space", SpaceKeys.RAS))
+    affine_lps = _lps_affine(image.affine, image.meta.get(MetaKeys.SPACE, SpaceKeys.RAS))
     right, left = _split_sides(lungs, body, affine_lps)
-    masks = {
-        BODY: volume.from_monai_layout(body),
-        RIGHT_LUNG: volume.from_monai_layout(right),
-        LEFT_LUNG: volume.from_monai_layout(left),
-    }
     logger.info(
         "body_lung_threshold slices=%d seconds=%.3f", volume.shape[0], time.perf_counter() - started
     )
-    return {name: np.asarray(mask, dtype=np.bool_) for name, mask in masks.items()}
+    return {BODY: body, RIGHT_LUNG: right, LEFT_LUNG: left}
 
 
 def _lung_components(
@@ -240,13 +264,13 @@ def _lung_components(
     labels, count = _label(candidates, _FACE_3D)
     if count == 0:
         return labels
-    # Candidates next to the outside (in-plane) are the skin's partial-volume rim.
+    # Candidates next to the outside within a slice are the skin's partial-volume rim.
     outside = ~body
     touches = np.zeros_like(candidates)
-    touches[1:] |= outside[:-1]
-    touches[:-1] |= outside[1:]
     touches[:, 1:] |= outside[:, :-1]
     touches[:, :-1] |= outside[:, 1:]
+    touches[:, :, 1:] |= outside[:, :, :-1]
+    touches[:, :, :-1] |= outside[:, :, 1:]
     touches &= candidates
     sizes = np.bincount(labels.ravel(), minlength=count + 1).astype(np.float64)
     sizes[0] = 0
@@ -264,8 +288,8 @@ def _split_sides(
     lungs: npt.NDArray[np.int32], body: npt.NDArray[np.bool_], affine_lps: npt.NDArray[np.float64]
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """Assign lung components to the patient's right (-x in LPS) or left."""
-    right = np.zeros(lungs.shape, dtype=bool)
-    left = np.zeros(lungs.shape, dtype=bool)
+    right = np.zeros_like(lungs, dtype=bool)
+    left = np.zeros_like(lungs, dtype=bool)
     count = int(lungs.max())
     if count == 0:
         return right, left

@@ -67,13 +67,18 @@ def test_seg_references_source_series_and_geometry(delivered) -> None:
     assert seg.StudyInstanceUID == study.study_uid
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == study.series_uid
     source_positions = {
-        tuple(round(float(v), 3) for v in pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient)
+        tuple(
+            round(float(v), 3)
+            for v in pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient
+        )
         for p in study.paths
     }
     frames = seg.PerFrameFunctionalGroupsSequence
     assert len(frames) > 0
     for frame in frames:
-        position = tuple(round(float(v), 3) for v in frame.PlanePositionSequence[0].ImagePositionPatient)
+        position = tuple(
+            round(float(v), 3) for v in frame.PlanePositionSequence[0].ImagePositionPatient
+        )
         assert position in source_positions
     assert set(segment_labels(seg).values()) == set(LABEL_KEYS)
 
@@ -116,4 +121,5 @@ def test_no_patient_name_in_any_log(delivered) -> None:
     for log in logs:
         text = log.read_text(errors="replace")
         assert text, f"{log.name} is empty: the check would prove nothing"
-        assert SENTINEL not in text and "SENTINEL-ID-91" not in text
+        assert SENTINEL not in text
+        assert "SENTINEL-ID-91" not in text

@@ -45,12 +45,17 @@ def test_stores_bytes_as_received_and_commits_rows(receiver, small_study) -> Non
         study = s.get(Study, small_study.study_uid)
         assoc = s.scalars(select(Association)).one()
     assert len(rows) == len(small_study.paths)
-    assert study is not None and study.instance_count == len(small_study.paths)
-    assert assoc.calling_ae == "STORESCU" and assoc.instances == len(small_study.paths)
-    assert assoc.failures == 0 and assoc.ended_at is not None
+    assert study is not None
+    assert study.instance_count == len(small_study.paths)
+    assert assoc.calling_ae == "STORESCU"
+    assert assoc.instances == len(small_study.paths)
+    assert assoc.failures == 0
+    assert assoc.ended_at is not None
     for source in small_study.paths:
         sent = pydicom.dcmread(source)
-        stored_path = spool.instance_path(sent.StudyInstanceUID, sent.SeriesInstanceUID, sent.SOPInstanceUID)
+        stored_path = spool.instance_path(
+            sent.StudyInstanceUID, sent.SeriesInstanceUID, sent.SOPInstanceUID
+        )
         stored = stored_path.read_bytes()
         # The data set part is byte-identical to what was sent.
         assert stored.endswith(source.read_bytes()[-1000:])
@@ -74,12 +79,13 @@ def test_invalid_uid_is_refused_and_quarantined(receiver, small_study, tmp_path:
     pydicom.config.settings.writing_validation_mode = pydicom.config.WARN
     with pytest.warns(UserWarning, match="Invalid value for VR UI"):
         ds.SeriesInstanceUID = "1.2.3/../../../evil"
-        ds.save_as(bad, enforce_file_format=True)
+    ds.save_as(bad, enforce_file_format=True)
     result = storescu(handle.port, [bad])
     # storescu names every 0xCxxx status "CannotUnderstand".
     assert "Error: CannotUnderstand" in result.stdout + result.stderr
     with state.session() as s:
         assert s.scalars(select(Instance)).all() == []
     reasons = list(spool.quarantine_dir.glob("*.reason.txt"))
-    assert len(reasons) == 1 and "SeriesInstanceUID is not a valid UID" in reasons[0].read_text()
+    assert len(reasons) == 1
+    assert "SeriesInstanceUID is not a valid UID" in reasons[0].read_text()
     assert not any("evil" in str(p) for p in spool.root.rglob("*"))

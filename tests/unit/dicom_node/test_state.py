@@ -43,16 +43,19 @@ def test_duplicate_record_is_ignored(state: StateDB) -> None:
     assert state.record_instance(_record("1.2.3.1.1")) is True
     assert state.record_instance(_record("1.2.3.1.1")) is False
     count, series = state.series_inputs("1.2.3")
-    assert count == 1 and series[0].instance_uids == ("1.2.3.1.1",)
+    assert count == 1
+    assert series[0].instance_uids == ("1.2.3.1.1",)
 
 
 def test_quiet_period_per_calling_ae(state: StateDB) -> None:
     state.record_instance(_record("1.2.3.1.1"))
     now = utcnow()
-    assert state.studies_due(now, lambda ae: 30) == []
+    assert state.studies_due(now, lambda _ae: 30) == []
     later = now + datetime.timedelta(seconds=31)
-    assert state.studies_due(later, lambda ae: 30) == ["1.2.3"]
-    assert state.studies_due(now + datetime.timedelta(seconds=6), lambda ae: 5 if ae == "CT1" else 60) == ["1.2.3"]
+    assert state.studies_due(later, lambda _ae: 30) == ["1.2.3"]
+    assert state.studies_due(
+        now + datetime.timedelta(seconds=6), lambda ae: 5 if ae == "CT1" else 60
+    ) == ["1.2.3"]
 
 
 def test_complete_study_refuses_when_an_instance_arrived_meanwhile(state: StateDB) -> None:
@@ -76,7 +79,8 @@ def test_same_inputs_make_one_job_and_late_instance_makes_a_new_one(state: State
     state.record_instance(_record("1.2.3.1.2"))
     count, _ = state.series_inputs("1.2.3")
     second = state.complete_study("1.2.3", count, _jobs_for(state, "1.2.3"))
-    assert len(second) == 1 and second != first
+    assert len(second) == 1
+    assert second != first
     jobs = state.jobs([JobState.QUEUED])
     assert [len(j.inputs) for j in jobs] == [1, 2]
 
@@ -88,4 +92,6 @@ def test_terminal_job_state_is_not_overwritten(state: StateDB) -> None:
     state.set_job_state(job_id, JobState.FAILED, reason="boom")
     state.set_job_state(job_id, JobState.RUNNING)
     job = state.job(job_id)
-    assert job is not None and job.state is JobState.FAILED and job.reason == "boom"
+    assert job is not None
+    assert job.state is JobState.FAILED
+    assert job.reason == "boom"

@@ -1,0 +1,282 @@
+"""Write a pipeline's masks as a BINARY Segmentation (PS3.3 A.51, C.8.20).
+
+One segment per label that has at least one voxel, numbered 1, 2, ... in the
+order of the pipeline's labels (:func:`segment_numbers`; the SR uses the same
+numbers). Segments may overlap: a body segment contains the lung segments,
+which a BINARY SEG allows and a label map does not. Frames that hold no voxel
+of their segment are left out (``omit_empty_frames``).
+
+Every identity comes from the caller: UIDs from :mod:`pipelines.uids` (never
+``generate_uid()``), the series description and codes from the pipeline
+definition. The AI algorithm is named three times, as IHE AI Results (AIR)
+asks: Manufacturer's Model Name / Software Versions, the segments' Algorithm
+Identification, and a Contributing Equipment item (PS3.3 C.12.1) whose purpose
+is (109102, DCM, "Processing Equipment").
+
+The source headers are enough: highdicom reads geometry and references from
+them and never needs their Pixel Data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from dicom_node import __version__ as node_version
+from pipelines.errors import PipelineConfigError
+from pipelines.spec import CodeSpec, LabelSpec, PipelineSpec
+from pipelines.uids import ResultUIDs
+from pipelines.volume import Volume
+
+__all__ = [
+    "MANUFACTURER",
+    "SEG_SERIES_NUMBER",
+    "code",
+    "contributing_equipment",
+    "segment_numbers",
+    "software_versions",
+    "tracking_uid",
+    "write_seg",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Manufacturer of every object the node writes.
+MANUFACTURER = "dicom-node"
+#: Series Number of the SEG series; high, so viewers list results after the images.
+SEG_SERIES_NUMBER = 9001
+# Nothing identifies a physical device; a fixed value keeps re-runs byte-stable.
+_DEVICE_SERIAL_NUMBER = "0"
+# Long String (LO) values hold at most 64 characters (PS3.5 6.2).
+_LO_MAX = 64
+
+
+def code(spec: CodeSpec) -> hd.sr.CodedConcept:
+    """Turn a pipeline definition's code into a highdicom coded concept.
+
+    Parameters
+    ----------
+    spec : CodeSpec
+        Value, scheme designator and meaning.
+
+    Returns
+    -------
+    highdicom.sr.CodedConcept
+        The same concept.
+    """
+    return hd.sr.CodedConcept(value=spec.value, scheme_designator=spec.scheme, meaning=spec.meaning)
+
+
+def software_versions(spec: PipelineSpec) -> tuple[str, ...]:
+    """Software Versions written into the results: the node's, then the pipeline's.
+
+    Parameters
+    ----------
+    spec : PipelineSpec
+        The pipeline.
+
+    Returns
+    -------
+    tuple[str, ...]
+        e.g. ``("dicom-node 0.1.0", "ct-body-lung 1.0.0")``.
+    """
+    return (f"dicom-node {node_version}", f"{spec.name} {spec.version}")
+
+
+def contributing_equipment(spec: PipelineSpec) -> hd.ContributingEquipment:
+    """The Contributing Equipment item that names the algorithm (IHE AIR).
+
+    Parameters
+    ----------
+    spec : PipelineSpec
+        The pipeline.
+
+    Returns
+    -------
+    highdicom.ContributingEquipment
+        Purpose (109102, DCM, "Processing Equipment"), manufacturer, the
+        algorithm name as model name and the pipeline version.
+    """
+    return hd.ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=_lo(spec.algorithm_name, "algorithm name"),
+        software_versions=[spec.version],
+        contribution_description="AI-generated result (not for diagnosis)",
+    )
+
+
+def segment_numbers(
+    spec: PipelineSpec, masks: Mapping[str, npt.NDArray[np.bool_]]
+) -> dict[str, int]:
+    """Segment Number of each non-empty label, in the order of ``spec.labels``.
+
+    Parameters
+    ----------
+    spec : PipelineSpec
+        The pipeline; its labels give the order.
+    masks : Mapping[str, numpy.ndarray]
+        Boolean mask per label name.
+
+    Returns
+    -------
+    dict[str, int]
+        Label name to segment number (1, 2, ...); empty labels are left out.
+
+    Raises
+    ------
+    PipelineConfigError
+        If a label of the pipeline has no mask.
+    """
+    numbers: dict[str, int] = {}
+    for label in spec.labels:
+        if label.name not in masks:
+            produced = ", ".join(sorted(masks))
+            raise PipelineConfigError(
+                f"label {label.name!r} of pipeline {spec.name!r} is not produced by its model "
+                f"(it produces: {produced})"
+            )
+        if bool(np.any(masks[label.name])):
+            numbers[label.name] = len(numbers) + 1
+    return numbers
+
+
+def write_seg(
+    volume: Volume,
+    masks: Mapping[str, npt.NDArray[np.bool_]],
+    spec: PipelineSpec,
+    uids: ResultUIDs,
+    *,
+    series_number: int = SEG_SERIES_NUMBER,
+) -> Dataset:
+    """Build the SEG of a job.
+
+    Parameters
+    ----------
+    volume : Volume
+        The source volume; its sorted headers are the source images.
+    masks : Mapping[str, numpy.ndarray]
+        Boolean mask per label name, each of shape ``volume.shape``; may overlap.
+    spec : PipelineSpec
+        Labels with their codes, algorithm, version and series description.
+    uids : ResultUIDs
+        Where the Series and SOP Instance UIDs come from.
+    series_number : int
+        Series Number of the SEG.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        A ``highdicom.seg.Segmentation`` (BINARY), not yet written to disk.
+
+    Raises
+    ------
+    PipelineConfigError
+        If a label has no mask, or a text from the definition is too long for its
+        DICOM attribute.
+    ValueError
+        If a mask is not boolean or its shape differs from the volume's, or every
+        mask is empty.
+    """
+    numbers = segment_numbers(spec, masks)
+    for name, mask in masks.items():
+        if mask.shape != volume.shape:
+            raise ValueError(f"mask {name!r} has shape {mask.shape}, expected {volume.shape}")
+        if mask.dtype != np.bool_:
+            raise ValueError(f"mask {name!r} must be boolean, got {mask.dtype}")
+    if not numbers:
+        raise ValueError("every mask is empty; there is nothing to write")
+    started = time.perf_counter()
+
+    labels = {label.name: label for label in spec.labels}
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=_lo(spec.algorithm_name, "algorithm name"),
+        family=code(spec.algorithm.family),
+        version=_lo(spec.version, "version"),
+    )
+    descriptions = [
+        _segment_description(labels[name], number, algorithm, uids)
+        for name, number in numbers.items()
+    ]
+    # (frames, rows, columns, segments), frames in the order of the source headers.
+    pixels = np.stack([masks[name] for name in numbers], axis=-1)
+
+    seg = hd.seg.Segmentation(
+        source_images=list(volume.datasets),
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=uids.seg_series,
+        series_number=series_number,
+        sop_instance_uid=uids.seg_instance,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=_lo(spec.name, "pipeline name"),
+        software_versions=list(software_versions(spec)),
+        device_serial_number=_DEVICE_SERIAL_NUMBER,
+        content_description=_lo(spec.series_description, "series_description"),
+        series_description=_lo(spec.series_description, "series_description"),
+        omit_empty_frames=True,
+        contributing_equipment=[contributing_equipment(spec)],
+    )
+    logger.info(
+        "seg segments=%d frames=%d seconds=%.3f",
+        len(descriptions),
+        int(seg.NumberOfFrames),
+        time.perf_counter() - started,
+    )
+    return seg
+
+
+def _segment_description(
+    label: LabelSpec,
+    number: int,
+    algorithm: hd.AlgorithmIdentificationSequence,
+    uids: ResultUIDs,
+) -> hd.seg.SegmentDescription:
+    """One segment: label, SNOMED codes, algorithm, tracking identity and colour."""
+    color = hd.color.CIELabColor.from_rgb(*label.color) if label.color is not None else None
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=_lo(label.label, f"label {label.name!r}"),
+        segmented_property_category=code(label.category),
+        segmented_property_type=code(label.type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        # The SR's finding for this segment carries the same tracking UID.
+        tracking_uid=tracking_uid(uids, label.name),
+        tracking_id=_lo(label.label, f"label {label.name!r}"),
+        display_color=color,
+    )
+
+
+def tracking_uid(uids: ResultUIDs, label_name: str) -> str:
+    """Tracking UID of a label's finding, shared by the SEG segment and the SR.
+
+    Parameters
+    ----------
+    uids : ResultUIDs
+        The job's UIDs.
+    label_name : str
+        Label name, e.g. ``"right_lung"``.
+
+    Returns
+    -------
+    str
+        A deterministic UID.
+    """
+    return uids.uid("tracking", label_name)
+
+
+def _lo(value: str, what: str) -> str:
+    """Refuse a Long String that does not fit (the definition is at fault)."""
+    if len(value) > _LO_MAX:
+        raise PipelineConfigError(f"{what} is longer than {_LO_MAX} characters: {value!r}")
+    return value
