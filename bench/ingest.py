@@ -135,6 +135,17 @@ def _wait_for_echo(proc: subprocess.Popen[bytes], port: int, ae_title: str, log:
     wait_until(ready, READY_TIMEOUT_S, ae_title, interval_s=0.1)
 
 
+def _listening_sockets(port: int) -> int:
+    """How many IPv4 sockets listen on ``port`` (one per SO_REUSEPORT receiver; Linux)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] == "0A":  # 0A: TCP_LISTEN
+            count += 1
+    return count
+
+
 def _count_files(folder: Path, pattern: str) -> int:
     return sum(1 for path in folder.rglob(pattern) if path.is_file())
 
@@ -254,6 +265,14 @@ def dicom_node(folder: Path, processes: int | None) -> Iterator[Receiver]:
         )
     try:
         _wait_for_echo(proc, port, "DICOM_NODE", log_path)
+        if processes is not None and node_supports_processes() and processes > 1:
+            # The node answers C-ECHO as soon as its own receiver is up; the extra
+            # processes bind later. Timing before they listen would measure one process.
+            wait_until(
+                lambda: _listening_sockets(port) >= processes,
+                READY_TIMEOUT_S,
+                f"{processes} dicom-node receiver processes",
+            )
         yield Receiver(port, "DICOM_NODE", lambda: _count_files(instances, "*.dcm"))
     finally:
         _stop(proc)
@@ -375,8 +394,10 @@ def _tool_version(args: list[str]) -> str:
 def print_header(args: argparse.Namespace, study_bytes: int, files: int) -> None:
     """Print the machine, the study, the method and the caveats."""
     print("ingest benchmark: storescu -> storescp | Orthanc | dicom-node serve (127.0.0.1)")
-    print(f"machine: nproc={os.cpu_count()}, {platform.platform()}, python {platform.python_version()}")
-    print(f"tools: {_tool_version(['storescp', '--version'])}; {_tool_version(['Orthanc', '--version'])}")
+    machine = f"nproc={os.cpu_count()}, {platform.platform()}"
+    print(f"machine: {machine}, python {platform.python_version()}")
+    dcmtk = _tool_version(["storescp", "--version"])
+    print(f"tools: {dcmtk}; {_tool_version(['Orthanc', '--version'])}")
     print(
         f"study: {files} CT slices 512x512 16-bit (ChestPhantom), "
         f"{study_bytes / MB:.1f} MB (1 MB = 10^6 bytes)"
@@ -403,7 +424,7 @@ def print_header(args: argparse.Namespace, study_bytes: int, files: int) -> None
             f"dicom-node SCP processes: --node-processes {args.node_processes} SKIPPED: "
             "dicom_node.settings.ScpSettings has no field 'processes'"
         )
-    print(f"vs storescp: median time / the dcmtk anchor's median time in the same block (>1 is slower)")
+    print("vs storescp: median time / the dcmtk anchor's median in the same block (>1 is slower)")
     print()
 
 
@@ -413,7 +434,7 @@ def print_table(blocks: list[tuple[int, list[Row]]], study_bytes: int) -> None:
     for senders, rows in blocks:
         anchor = rows[0].median_s
         for k, row in enumerate(rows):
-            sender = f"x{senders}" if k else f"sender x{senders}"
+            sender = f"sender x{senders}" if k == 0 else ""
             median = row.median_s
             if median is None:
                 cells = f"{'-':>10}{'-':>9}{'-':>14}"
@@ -421,7 +442,7 @@ def print_table(blocks: list[tuple[int, list[Row]]], study_bytes: int) -> None:
                 ratio = f"{median / anchor:14.2f}" if anchor else f"{'-':>14}"
                 cells = f"{median:10.2f}{study_bytes / MB / median:9.1f}{ratio}"
             flag = "   BROKEN: see errors" if row.errors else ""
-            print(f"{sender if k == 0 else '':<12}{row.label:<18}{cells}{flag}")
+            print(f"{sender:<12}{row.label:<18}{cells}{flag}")
     broken = [(senders, row) for senders, rows in blocks for row in rows if row.errors]
     if broken:
         print()
@@ -470,14 +491,17 @@ def main(argv: list[str] | None = None) -> int:
         def node(folder: Path) -> AbstractContextManager[Receiver]:
             return dicom_node(folder, args.node_processes)
 
-        layouts = [
-            (1, Target("storescp", "storescp", lambda f: storescp(f, fork=False))),
-            (PARALLEL_SENDERS, Target("storescp --fork", "storescp-fork", lambda f: storescp(f, fork=True))),
-        ]  # fmt: skip
+        single = Target("storescp", "storescp", lambda f: storescp(f, fork=False))
+        forked = Target("storescp --fork", "storescp-fork", lambda f: storescp(f, fork=True))
+        layouts = [(1, single), (PARALLEL_SENDERS, forked)]
         blocks: list[tuple[int, list[Row]]] = []
         for senders, anchor in layouts:
             parts = split(paths, senders)
-            targets = [anchor, Target("orthanc", "orthanc", orthanc), Target("dicom-node", "node", node)]
+            targets = [
+                anchor,
+                Target("orthanc", "orthanc", orthanc),
+                Target("dicom-node", "node", node),
+            ]
             rows = []
             for target in targets:
                 print(f"... {target.label} x{senders}", flush=True)

@@ -226,6 +226,10 @@ def write_seg(
         omit_empty_frames=True,
         contributing_equipment=[contributing_equipment(spec)],
     )
+    # highdicom draws a random Dimension Organization UID; derive it so re-runs match.
+    dimension_uid = uids.uid("seg-dimension-organization")
+    for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
+        item.DimensionOrganizationUID = dimension_uid
     logger.info(
         "seg segments=%d frames=%d seconds=%.3f",
         len(descriptions),
