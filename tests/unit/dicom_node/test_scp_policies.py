@@ -36,7 +36,7 @@ def _start(tmp_path: Path, **scp: object) -> tuple[ReceiverHandle, Spool, StateD
 
 
 @pytest.fixture
-def started(tmp_path: Path) -> Iterator[list[tuple[ReceiverHandle, Spool, StateDB]]]:
+def started() -> Iterator[list[tuple[ReceiverHandle, Spool, StateDB]]]:
     running: list[tuple[ReceiverHandle, Spool, StateDB]] = []
     yield running
     for handle, _, state in running:
