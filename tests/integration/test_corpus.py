@@ -42,7 +42,8 @@ def _dataset_bytes(raw: bytes) -> bytes:
     if raw[128:132] != b"DICM":
         return raw
     tag, vr = struct.unpack("<I2s", raw[132:138])
-    assert tag == 0x00000002 and vr == b"UL", "file meta must start with its group length"
+    assert tag == 0x00000002, "file meta must start with its group length"
+    assert vr == b"UL"
     (group_length,) = struct.unpack("<I", raw[140:144])
     return raw[144 + group_length :]
 
@@ -56,9 +57,9 @@ def _profile(path: Path, folder: Path) -> list[str]:
         return []
     config = folder / "profile.cfg"
     config.write_text(
-        "[[TransferSyntaxes]]\n[TS]\nTransferSyntax1 = %s\n"
-        "[[PresentationContexts]]\n[PC]\nPresentationContext1 = %s\\TS\n"
-        "[[Profiles]]\n[P]\nPresentationContexts = PC\n" % (ts, sop_class)
+        f"[[TransferSyntaxes]]\n[TS]\nTransferSyntax1 = {ts}\n"
+        f"[[PresentationContexts]]\n[PC]\nPresentationContext1 = {sop_class}\\TS\n"
+        "[[Profiles]]\n[P]\nPresentationContexts = PC\n"
     )
     return ["-xf", str(config), "P"]
 
