@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -54,6 +55,8 @@ PARALLEL_SENDERS = 4
 #: Generous: a 300-slice send takes seconds; this only keeps a hung target from hanging the run.
 SEND_TIMEOUT_S = 600
 READY_TIMEOUT_S = 60
+#: Spawned receiver processes import the node and bind within seconds.
+EXTRA_RECEIVERS_TIMEOUT_S = 30
 MB = 1_000_000
 
 
@@ -144,6 +147,13 @@ def _listening_sockets(port: int) -> int:
         if local_port == port and fields[3] == "0A":  # 0A: TCP_LISTEN
             count += 1
     return count
+
+
+def _last_error(log: Path) -> str:
+    """The last exception line of a log (``OSError: ...``), else its last line."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+    return (errors or lines or ["(empty log)"])[-1]
 
 
 def _count_files(folder: Path, pattern: str) -> int:
@@ -268,11 +278,16 @@ def dicom_node(folder: Path, processes: int | None) -> Iterator[Receiver]:
         if processes is not None and node_supports_processes() and processes > 1:
             # The node answers C-ECHO as soon as its own receiver is up; the extra
             # processes bind later. Timing before they listen would measure one process.
-            wait_until(
-                lambda: _listening_sockets(port) >= processes,
-                READY_TIMEOUT_S,
-                f"{processes} dicom-node receiver processes",
-            )
+            try:
+                wait_until(
+                    lambda: _listening_sockets(port) >= processes,
+                    EXTRA_RECEIVERS_TIMEOUT_S,
+                    f"scp.processes={processes} (one listening socket each)",
+                )
+            except ServiceError as exc:
+                raise ServiceError(
+                    f"{exc}; last error in node.log: {_last_error(log_path)}"
+                ) from exc
         yield Receiver(port, "DICOM_NODE", lambda: _count_files(instances, "*.dcm"))
     finally:
         _stop(proc)
@@ -504,10 +519,10 @@ def main(argv: list[str] | None = None) -> int:
             ]
             rows = []
             for target in targets:
-                print(f"... {target.label} x{senders}", flush=True)
-                rows.append(
-                    measure(target, parts, len(paths), runs_dir, args.repeat, keep=args.keep)
-                )
+                row = measure(target, parts, len(paths), runs_dir, args.repeat, keep=args.keep)
+                times = " ".join(f"{seconds:.2f}" for seconds in row.seconds) or "-"
+                print(f"... {target.label} x{senders}: {times} s", flush=True)
+                rows.append(row)
             blocks.append((senders, rows))
         print()
         print_table(blocks, study_bytes)

@@ -48,7 +48,9 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     job_id: int = Field(description="The node's job row ID.")
-    attempt: int = Field(default=1, ge=1, description="Which delivery this is, counted by the node.")
+    attempt: int = Field(
+        default=1, ge=1, description="Which delivery this is, counted by the node."
+    )
     pipeline: str = Field(description="Pipeline name, as in its YAML.")
     pipeline_version: str = Field(description="Version the node routed with.")
     inputs: list[str] = Field(min_length=1, description="Spool-relative paths of the instances.")

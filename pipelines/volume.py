@@ -34,7 +34,7 @@ from pipelines.errors import InconsistentGeometry, PipelineError, UnsupportedInp
 from pipelines.load import NATIVE_TRANSFER_SYNTAXES, Series, SeriesFile
 
 if TYPE_CHECKING:
-    from monai.data import MetaTensor
+    from monai.data.meta_tensor import MetaTensor
 
 __all__ = ["RegionStats", "TensorLayout", "Volume", "to_volume"]
 
@@ -120,9 +120,7 @@ class Volume:
     def slice_normal(self) -> npt.NDArray[np.float64]:
         """Unit normal of the slices in LPS (direction of increasing slice index)."""
         row_cosines = np.asarray(self.datasets[0].ImageOrientationPatient[:3], dtype=np.float64)
-        column_cosines = np.asarray(
-            self.datasets[0].ImageOrientationPatient[3:], dtype=np.float64
-        )
+        column_cosines = np.asarray(self.datasets[0].ImageOrientationPatient[3:], dtype=np.float64)
         normal = np.cross(row_cosines, column_cosines)
         return np.asarray(normal / np.linalg.norm(normal), dtype=np.float64)
 
@@ -159,8 +157,8 @@ class Volume:
         No copy is made: do not modify the tensor in place.
         """
         import torch
-        from monai.data import MetaTensor
-        from monai.utils import MetaKeys, SpaceKeys
+        from monai.data.meta_tensor import MetaTensor
+        from monai.utils.enums import MetaKeys, SpaceKeys
 
         layout = TensorLayout(layout)
         if layout is TensorLayout.MONAI:
@@ -346,7 +344,7 @@ def _decode(files: list[SeriesFile]) -> npt.NDArray[np.float32]:
     rows, columns = int(first.Rows), int(first.Columns)
     out = np.empty((len(files), rows, columns), dtype=np.float32)
     for index, item in enumerate(files):
-        frame = _read_native(item)
+        frame: npt.NDArray[np.generic] | None = _read_native(item)
         if frame is None:
             frame = _read_with_pydicom(item, index, len(files))
         if frame.shape != (rows, columns):
@@ -405,10 +403,8 @@ def _read_native(item: SeriesFile) -> npt.NDArray[np.integer] | None:
     if bits_stored < bits_allocated:
         # Bits above Bits Stored are not pixel data (PS3.5 8.1.1): mask, or sign-extend.
         shift = bits_allocated - bits_stored
-        if signed:
-            frame = (frame << shift) >> shift
-        else:
-            frame = frame & dtype.type((1 << bits_stored) - 1)
+        mask = dtype.type((1 << bits_stored) - 1)
+        frame = (frame << shift) >> shift if signed else frame & mask
     return frame
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from celery import Celery
+
 from dicom_node.broker import celery_config
 from dicom_node.settings import Settings
-
 from worker.tasks import register_tasks
 
 __all__ = ["make_celery"]

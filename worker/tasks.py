@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.utils.log import get_task_logger
+
 from dicom_node.broker import RUN_JOB_TASK
 from dicom_node.settings import Settings
 from pipelines.errors import PipelineError

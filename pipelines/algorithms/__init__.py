@@ -66,7 +66,5 @@ def get_builtin(name: str) -> Algorithm:
         factory = _BUILTINS[name]
     except KeyError:
         known = ", ".join(builtin_names())
-        raise PipelineConfigError(
-            f"unknown built-in algorithm {name!r}; known: {known}"
-        ) from None
+        raise PipelineConfigError(f"unknown built-in algorithm {name!r}; known: {known}") from None
     return factory()

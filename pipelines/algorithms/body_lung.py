@@ -40,15 +40,12 @@ import time
 import numpy as np
 import numpy.typing as npt
 import torch
-from monai.config import NdarrayOrTensor
-from monai.transforms import AsDiscrete, Compose, Transform
-from monai.utils import (
-    MetaKeys,
-    SpaceKeys,
-    TransformBackends,
-    convert_to_dst_type,
-    convert_to_numpy,
-)
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.transforms.compose import Compose
+from monai.transforms.post.array import AsDiscrete
+from monai.transforms.transform import Transform
+from monai.utils.enums import MetaKeys, SpaceKeys, TransformBackends
+from monai.utils.type_conversion import convert_to_dst_type, convert_to_numpy
 from scipy import ndimage
 
 from pipelines.errors import UnsupportedInput
@@ -229,7 +226,9 @@ def segment_body_lungs(volume: Volume) -> dict[str, npt.NDArray[np.bool_]]:
     """
     modality = str(volume.datasets[0].get("Modality", ""))
     if modality != "CT":
-        raise UnsupportedInput(f"body_lung_threshold needs CT, the series is {modality or 'unknown'}")
+        raise UnsupportedInput(
+            f"body_lung_threshold needs CT, the series is {modality or 'unknown'}"
+        )
     tilt = math.degrees(math.acos(min(1.0, abs(float(volume.slice_normal[2])))))
     if tilt > MAX_TILT_DEG:
         raise UnsupportedInput(
@@ -246,11 +245,18 @@ def segment_body_lungs(volume: Volume) -> dict[str, npt.NDArray[np.bool_]]:
     )
     body = _channel(body_chain(image))
     dense = _channel(AsDiscrete(threshold=LUNG_THRESHOLD_HU)(image))
-    candidates = body & ~dense
+    right = np.zeros_like(body)
+    left = np.zeros_like(body)
+    box = _bounding_box(body, margin=1)
+    if box is not None:
+        # The lungs lie inside the body: work on its bounding box only.
+        candidates = body[box] & ~dense[box]
+        lungs = _lung_components(candidates, body[box], volume.voxel_volume_ml)
+        affine_lps = _lps_affine(image.affine, image.meta.get(MetaKeys.SPACE, SpaceKeys.RAS))
+        offset = np.eye(4)
+        offset[:3, 3] = [s.start for s in box]
+        right[box], left[box] = _split_sides(lungs, body[box], affine_lps @ offset)
     del dense
-    lungs = _lung_components(candidates, body, volume.voxel_volume_ml)
-    affine_lps = _lps_affine(image.affine, image.meta.get(MetaKeys.SPACE, SpaceKeys.RAS))
-    right, left = _split_sides(lungs, body, affine_lps)
     logger.info(
         "body_lung_threshold slices=%d seconds=%.3f", volume.shape[0], time.perf_counter() - started
     )
@@ -314,6 +320,20 @@ def _split_sides(
     return right, left
 
 
+def _bounding_box(mask: npt.NDArray[np.bool_], margin: int) -> tuple[slice, ...] | None:
+    """Smallest box holding a mask, grown by ``margin`` within the array; None if empty."""
+    box = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        present = np.flatnonzero(np.any(mask, axis=others))
+        if present.size == 0:
+            return None
+        start = max(int(present[0]) - margin, 0)
+        stop = min(int(present[-1]) + 1 + margin, mask.shape[axis])
+        box.append(slice(start, stop))
+    return tuple(box)
+
+
 def _label(
     mask: npt.NDArray[np.bool_], structure: npt.NDArray[np.bool_]
 ) -> tuple[npt.NDArray[np.int32], int]:
@@ -340,7 +360,9 @@ def _centre_of_mass(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
     return centre
 
 
-def _lps_affine(affine: torch.Tensor | npt.NDArray[np.float64], space: object) -> npt.NDArray[np.float64]:
+def _lps_affine(
+    affine: torch.Tensor | npt.NDArray[np.float64], space: object
+) -> npt.NDArray[np.float64]:
     """Return the image's affine in LPS, whatever space its meta says."""
     matrix = np.asarray(convert_to_numpy(affine), dtype=np.float64)
     if str(space) == str(SpaceKeys.LPS):
@@ -349,7 +371,7 @@ def _lps_affine(affine: torch.Tensor | npt.NDArray[np.float64], space: object) -
 
 
 def _channel(img: NdarrayOrTensor) -> npt.NDArray[np.bool_]:
-    """The single channel of a channel-first image as a numpy bool array."""
+    """Return the single channel of a channel-first image as a numpy bool array."""
     if img.shape[0] != 1:
         raise ValueError(f"expected one channel, got {img.shape[0]}")
     array = convert_to_numpy(img[0])
@@ -360,4 +382,3 @@ def _like(mask: npt.NDArray[np.bool_], img: NdarrayOrTensor) -> NdarrayOrTensor:
     """Wrap a spatial mask as a one-channel image of the type (and meta) of ``img``."""
     out, *_ = convert_to_dst_type(mask[np.newaxis], dst=img, dtype=torch.bool)
     return out
-

@@ -1,0 +1,224 @@
+"""Write a job's measurements as a Comprehensive 3D SR (TID 1500 Measurement Report).
+
+One TID 1411 "Volumetric ROI Measurements and Qualitative Evaluations" group per
+segment of the SEG. Each group references its segment (SEG SOP Instance UID and
+Segment Number, plus the source images that segment covers), carries the same
+tracking UID as the segment, and holds two TID 300 measurements:
+
+- Volume: (118565006, SCT, "Volume") in mL (UCUM ``ml``).
+- Mean attenuation: (112031, DCM, "Attenuation Coefficient"), derivation
+  (373098007, SCT, "Mean"), in Hounsfield units (UCUM ``[hnsf'U]``), as dcmqi
+  writes it. Left out for a modality other than CT.
+
+The observer is a device (the pipeline), whose UID is derived like every other
+UID here. The document is COMPLETE, UNVERIFIED and PRELIMINARY: a machine made
+it and no person has checked it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from pipelines.errors import PipelineError
+from pipelines.spec import LabelSpec, PipelineSpec
+from pipelines.uids import ResultUIDs, derive_uid
+from pipelines.volume import RegionStats, Volume
+from pipelines.writers.seg import (
+    MANUFACTURER,
+    code,
+    contributing_equipment,
+    segment_numbers,
+    software_versions,
+    tracking_uid,
+)
+
+__all__ = [
+    "HOUNSFIELD_UNIT",
+    "MEAN",
+    "MEAN_ATTENUATION",
+    "MILLILITER",
+    "SR_SERIES_NUMBER",
+    "VOLUME",
+    "write_sr",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Series Number of the SR series (after the SEG's).
+SR_SERIES_NUMBER = 9002
+
+VOLUME = hd.sr.CodedConcept("118565006", "SCT", "Volume")
+MILLILITER = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
+MEAN_ATTENUATION = hd.sr.CodedConcept("112031", "DCM", "Attenuation Coefficient")
+MEAN = hd.sr.CodedConcept("373098007", "SCT", "Mean")
+HOUNSFIELD_UNIT = hd.sr.CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit")
+
+# CID 100 "Quantitative Diagnostic Imaging Procedures" by modality; others get the generic code.
+_PROCEDURES = {"CT": codes.cid100.CTUnspecifiedBodyRegion}
+
+
+def write_sr(
+    volume: Volume,
+    masks: Mapping[str, npt.NDArray[np.bool_]],
+    seg_dataset: Dataset,
+    spec: PipelineSpec,
+    uids: ResultUIDs,
+    measurements: Mapping[str, RegionStats],
+    *,
+    series_number: int = SR_SERIES_NUMBER,
+) -> Dataset:
+    """Build the SR of a job, referencing its SEG.
+
+    Parameters
+    ----------
+    volume : Volume
+        The source volume; its headers are the evidence beside the SEG.
+    masks : Mapping[str, numpy.ndarray]
+        The masks the SEG was written from (which slices each segment covers).
+    seg_dataset : pydicom.dataset.Dataset
+        The SEG from :func:`pipelines.writers.seg.write_seg`.
+    spec : PipelineSpec
+        Labels, algorithm and version.
+    uids : ResultUIDs
+        Where the SR's UIDs come from.
+    measurements : Mapping[str, RegionStats]
+        Volume and mean per label name.
+    series_number : int
+        Series Number of the SR.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        A ``highdicom.sr.Comprehensive3DSR``.
+
+    Raises
+    ------
+    PipelineError
+        If the SEG does not hold the segments the masks say it should, or a
+        segment has no measurement.
+    PipelineConfigError
+        If a label of the pipeline has no mask.
+    """
+    numbers = segment_numbers(spec, masks)
+    in_seg = {
+        int(item.SegmentNumber): str(item.SegmentLabel) for item in seg_dataset.SegmentSequence
+    }
+    labels = {label.name: label for label in spec.labels}
+    for name, number in numbers.items():
+        if in_seg.get(number) != labels[name].label:
+            raise PipelineError(f"the SEG has no segment {number} for label {name!r}")
+        if name not in measurements:
+            raise PipelineError(f"no measurement for label {name!r}")
+
+    modality = str(volume.datasets[0].get("Modality", ""))
+    algorithm = hd.sr.AlgorithmIdentification(name=spec.algorithm_name, version=spec.version)
+    groups = [
+        _roi_group(
+            label=labels[name],
+            number=number,
+            mask=masks[name],
+            stats=measurements[name],
+            seg_dataset=seg_dataset,
+            volume=volume,
+            uids=uids,
+            algorithm=algorithm,
+            with_attenuation=modality == "CT",
+        )
+        for name, number in numbers.items()
+    ]
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=derive_uid("device", MANUFACTURER, spec.name, spec.version),
+        name=spec.algorithm_name,
+        manufacturer_name=MANUFACTURER,
+        model_name=spec.name,
+    )
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=_PROCEDURES.get(modality, codes.cid100.ImagingProcedure),
+        imaging_measurements=groups,
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[seg_dataset, *volume.datasets],
+        content=report[0],
+        series_instance_uid=uids.sr_series,
+        series_number=series_number,
+        sop_instance_uid=uids.sr_instance,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        record_evidence=True,
+        series_description=spec.series_description,
+        manufacturer_model_name=spec.name,
+        software_versions=list(software_versions(spec)),
+        contributing_equipment=[contributing_equipment(spec)],
+    )
+    logger.info("sr groups=%d", len(groups))
+    return sr
+
+
+def _roi_group(
+    *,
+    label: LabelSpec,
+    number: int,
+    mask: npt.NDArray[np.bool_],
+    stats: RegionStats,
+    seg_dataset: Dataset,
+    volume: Volume,
+    uids: ResultUIDs,
+    algorithm: hd.sr.AlgorithmIdentification,
+    with_attenuation: bool,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """One TID 1411 group: the segment reference, its tracking identity and measurements."""
+    covered = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    sources = [
+        hd.sr.SourceImageForSegmentation(
+            referenced_sop_class_uid=str(volume.datasets[i].SOPClassUID),
+            referenced_sop_instance_uid=str(volume.datasets[i].SOPInstanceUID),
+        )
+        for i in covered
+    ]
+    segment = hd.sr.ReferencedSegment(
+        sop_class_uid=str(seg_dataset.SOPClassUID),
+        sop_instance_uid=str(seg_dataset.SOPInstanceUID),
+        segment_number=number,
+        source_images=sources,
+    )
+    items = [
+        hd.sr.Measurement(
+            name=VOLUME, value=stats.volume_ml, unit=MILLILITER, algorithm_id=algorithm
+        )
+    ]
+    if with_attenuation and stats.mean_hu is not None:
+        items.append(
+            hd.sr.Measurement(
+                name=MEAN_ATTENUATION,
+                value=stats.mean_hu,
+                unit=HOUNSFIELD_UNIT,
+                derivation=MEAN,
+                algorithm_id=algorithm,
+            )
+        )
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid(uids, label.name), identifier=label.label
+        ),
+        referenced_segment=segment,
+        finding_type=code(label.type),
+        finding_category=code(label.category),
+        algorithm_id=algorithm,
+        measurements=items,
+    )
