@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from dataclasses import dataclass
 
 from pynetdicom import AE, _config, evt
@@ -35,6 +37,19 @@ _config.LOG_RESPONSE_IDENTIFIERS = False
 # syntax the sender proposes: bytes are stored as received, never re-encoded.
 # Refusals by SOP class policy are answered per instance with 0x0122.
 _config.UNRESTRICTED_STORAGE_SERVICE = True
+
+
+class _ReusePortServer(ThreadedAssociationServer):
+    """An association server that shares its port with other processes (SO_REUSEPORT).
+
+    pynetdicom's ``server_bind`` replaces socketserver's, which is the only place
+    that reads ``allow_reuse_port``; so the option is set here, before the bind.
+    """
+
+    def server_bind(self) -> None:
+        """Set SO_REUSEPORT, then bind as pynetdicom does."""
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,16 +125,15 @@ class Receiver:
             (evt.EVT_ABORTED, handle_aborted, [ctx]),
             (evt.EVT_CONN_CLOSE, handle_closed, [ctx]),
         ]
-        # socketserver reads this class attribute when it binds; set it only when
-        # asked, so a second node started by mistake fails to bind instead of
-        # silently taking half the traffic.
-        ThreadedAssociationServer.allow_reuse_port = reuse_port
-        server = self.ae.start_server(
+        # SO_REUSEPORT only when asked: a second node started by mistake must fail
+        # to bind instead of silently taking half the traffic.
+        server = self.ae.make_server(
             (self.settings.host, self.settings.port),
-            block=False,
             evt_handlers=handlers,
             ssl_context=server_context(self.settings.tls),
+            server_class=_ReusePortServer if reuse_port else ThreadedAssociationServer,
         )
+        threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
         host, port = server.server_address[:2]
         logger.info("receiving as %s on %s:%d", self.settings.ae_title, host, port)
         return ReceiverHandle(server=server, host=str(host), port=int(port))
