@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from dicom_node.errors import SpoolFull
@@ -112,15 +113,18 @@ class Spool:
             raise ValueError("path points outside the spool")
         return path
 
-    def write_atomic(self, target: Path, data: bytes, *, check_space: bool = True) -> int:
+    def write_atomic(
+        self, target: Path, data: bytes | Sequence[bytes | memoryview], *, check_space: bool = True
+    ) -> int:
         """Write ``data`` to ``target`` durably: temp file, fsync, rename, fsync dir.
 
         Parameters
         ----------
         target : pathlib.Path
             Final path inside the spool.
-        data : bytes
-            The bytes, written as they are.
+        data : bytes or Sequence[bytes | memoryview]
+            The bytes, written as they are; several buffers are written one
+            after the other (no copy to join them).
         check_space : bool
             Whether to refuse below the free-space watermark.
 
@@ -140,11 +144,15 @@ class Spool:
         if check_space:
             self.check_space()
         target.parent.mkdir(parents=True, exist_ok=True)
+        chunks = [data] if isinstance(data, bytes) else list(data)
+        size = sum(len(chunk) for chunk in chunks)
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
+            with os.fdopen(fd, "wb", buffering=0) as fh:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[fh.write(view) :]
                 os.fsync(fh.fileno())
             os.replace(tmp_name, target)
             _fsync_dir(target.parent)
@@ -156,14 +164,14 @@ class Spool:
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-        return len(data)
+        return size
 
-    def quarantine(self, data: bytes, reason: str) -> Path:
+    def quarantine(self, data: bytes | Sequence[bytes | memoryview], reason: str) -> Path:
         """Keep refused data with a reason file, so nothing sent is silently dropped.
 
         Parameters
         ----------
-        data : bytes
+        data : bytes or Sequence[bytes | memoryview]
             The bytes as received (may be empty when nothing could be read).
         reason : str
             Why it was refused; must hold no PHI.
@@ -182,7 +190,7 @@ class Spool:
             reason_path = self.quarantine_dir / f"{name}.reason.txt"
             self.write_atomic(reason_path, reason.encode("utf-8"), check_space=False)
         except OSError:
-            logger.exception("could not quarantine refused data (%d bytes)", len(data))
+            logger.exception("could not quarantine refused data")
         return target
 
     def job_dir(self, job_id: int) -> Path:

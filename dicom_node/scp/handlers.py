@@ -21,6 +21,7 @@ from pynetdicom.association import Association
 
 from dicom_node.errors import InvalidUID, SpoolFull
 from dicom_node.phi import study_tag
+from dicom_node.scp.part10 import file_meta_bytes, read_header
 from dicom_node.scp.status import StoreStatus
 from dicom_node.settings import AllowedCaller, StabilitySettings
 from dicom_node.spool import Spool
@@ -91,6 +92,8 @@ class StoreContext:
     allowed_callers: list[AllowedCaller] | None = None
     associations: dict[int, AssociationStats] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Series this process has recorded: their routing attributes need no second read.
+    known_series: set[str] = field(default_factory=set)
 
     def stats(self, assoc: Association) -> AssociationStats | None:
         """Return the counters of an accepted association."""
@@ -226,7 +229,9 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int:
     return int(status)
 
 
-def _refuse(ctx: StoreContext, status: StoreStatus, reason: str, data: bytes) -> StoreStatus:
+def _refuse(
+    ctx: StoreContext, status: StoreStatus, reason: str, data: list[bytes | memoryview]
+) -> StoreStatus:
     path = ctx.spool.quarantine(data, f"0x{int(status):04X} {status.name}: {reason}")
     logger.warning("refused instance 0x%04X: %s (quarantined as %s)", status, reason, path.name)
     return status
@@ -236,7 +241,12 @@ def _store(event: evt.Event, ctx: StoreContext, stats: AssociationStats | None) 
     request = event.request
     requested_class = str(request.AffectedSOPClassUID)
     requested_uid = str(request.AffectedSOPInstanceUID)
-    raw = event.encoded_dataset(include_meta=True)
+    transfer_syntax = event.context.transfer_syntax
+    stream = request.DataSet  # the data set as received, never re-encoded
+    calling_ae = stats.calling_ae if stats else ""
+    # Part-10 bytes: our file meta, then the received buffer without a copy.
+    meta = file_meta_bytes(requested_class, requested_uid, transfer_syntax, calling_ae)
+    raw = [meta, stream.getbuffer()]
 
     if ctx.accepted_sop_classes is not None and requested_class not in ctx.accepted_sop_classes:
         return _refuse(
@@ -249,12 +259,13 @@ def _store(event: evt.Event, ctx: StoreContext, stats: AssociationStats | None) 
         return StoreStatus.OUT_OF_RESOURCES
 
     try:
-        ds = event.dataset
+        ds = read_header(stream, transfer_syntax)
         sop_class = str(ds.get("SOPClassUID", "")).rstrip("\x00 ")
         sop_uid = str(ds.get("SOPInstanceUID", "")).rstrip("\x00 ")
         study_uid_raw = ds.get("StudyInstanceUID")
         series_uid_raw = ds.get("SeriesInstanceUID")
-        attributes = _routing_attributes(ds)
+        known = str(series_uid_raw) in ctx.known_series
+        attributes = {"Modality": str(ds.get("Modality", ""))} if known else _routing_attributes(ds)
         accession = str(ds.get("AccessionNumber", "") or "")
         study_date = str(ds.get("StudyDate", "") or "")
     except Exception as exc:  # pydicom raises many types on malformed input
@@ -287,7 +298,8 @@ def _store(event: evt.Event, ctx: StoreContext, stats: AssociationStats | None) 
     except InvalidUID as exc:
         return _refuse(ctx, StoreStatus.CANNOT_UNDERSTAND, exc.reason, raw)
 
-    if ctx.state.has_instance(sop_uid):
+    # A stat() first: the state DB is asked only when the file is already there.
+    if path.exists() and ctx.state.has_instance(sop_uid):
         # Already durable: a re-send of the same instance is stored once.
         if stats is not None:
             stats.instances += 1
@@ -307,10 +319,10 @@ def _store(event: evt.Event, ctx: StoreContext, stats: AssociationStats | None) 
         series_uid=series_uid,
         sop_instance_uid=sop_uid,
         sop_class_uid=sop_class,
-        transfer_syntax_uid=str(event.context.transfer_syntax),
+        transfer_syntax_uid=str(transfer_syntax),
         path=ctx.spool.relative(path),
         size=size,
-        calling_ae=stats.calling_ae if stats else "",
+        calling_ae=calling_ae,
         association_id=stats.row_id if stats else None,
         modality=str(attributes.get("Modality", "")),
         accession_number=accession,
@@ -324,6 +336,9 @@ def _store(event: evt.Event, ctx: StoreContext, stats: AssociationStats | None) 
         path.unlink(missing_ok=True)
         logger.exception("state DB commit failed; instance refused")
         return StoreStatus.OUT_OF_RESOURCES
+    if len(ctx.known_series) > 10_000:
+        ctx.known_series.clear()
+    ctx.known_series.add(series_uid)
     if stats is not None:
         stats.instances += 1
         stats.size += size

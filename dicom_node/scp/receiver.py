@@ -134,6 +134,8 @@ class Receiver:
             server_class=_ReusePortServer if reuse_port else ThreadedAssociationServer,
         )
         threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
+        # As AE.start_server does: the server's shutdown() removes itself from this list.
+        self.ae._servers.append(server)
         host, port = server.server_address[:2]
         logger.info("receiving as %s on %s:%d", self.settings.ae_title, host, port)
         return ReceiverHandle(server=server, host=str(host), port=int(port))

@@ -18,9 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy import JSON, DateTime, bindparam, create_engine, event, func, select, text, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.state.schema import (
@@ -141,6 +140,27 @@ def input_hash(instance_uids: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(instance_uids)).encode("ascii")).hexdigest()
 
 
+# The C-STORE hot path's statements, compiled once per dialect by SQLAlchemy.
+_HAS_INSTANCE = text("SELECT 1 FROM instances WHERE sop_instance_uid = :uid")
+_UPSERT_STUDY = text(
+    "INSERT INTO studies (study_uid, calling_ae, state, first_received, last_received,"
+    " instance_count, accession_number, study_date)"
+    " VALUES (:study, :ae, :arriving, :now, :now, 1, :accession, :study_date)"
+    " ON CONFLICT (study_uid) DO UPDATE SET last_received = :now, state = :arriving,"
+    " complete_after = NULL, calling_ae = :ae, instance_count = studies.instance_count + 1"
+).bindparams(bindparam("now", type_=DateTime))
+_INSERT_SERIES = text(
+    "INSERT INTO series (series_uid, study_uid, modality, attributes)"
+    " VALUES (:series, :study, :modality, :attributes) ON CONFLICT (series_uid) DO NOTHING"
+).bindparams(bindparam("attributes", type_=JSON))
+_INSERT_INSTANCE = text(
+    "INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,"
+    " transfer_syntax_uid, path, size, received_at, association_id)"
+    " VALUES (:sop, :series, :study, :sop_class, :ts, :path, :size, :now, :assoc)"
+    " ON CONFLICT (sop_instance_uid) DO NOTHING"
+).bindparams(bindparam("now", type_=DateTime))
+
+
 def _job_view(job: Job) -> JobView:
     return JobView(
         id=job.id,
@@ -172,7 +192,7 @@ def _export_view(row: Export) -> ExportView:
     )
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
     # pysqlite's own transaction handling must be off so BEGIN IMMEDIATE can be issued.
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -186,7 +206,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 class StateDB:
@@ -206,14 +226,22 @@ class StateDB:
             connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
             pool_pre_ping=not is_sqlite,
         )
+        # Reads that must not queue behind writers use their own engine (deferred BEGIN).
+        self._read_engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
+            pool_pre_ping=not is_sqlite,
+        )
         if is_sqlite:
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, immediate=True)
+            _configure_sqlite(self._read_engine, immediate=False)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         Base.metadata.create_all(self.engine)
 
     def close(self) -> None:
         """Release every pooled connection."""
         self.engine.dispose()
+        self._read_engine.dispose()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -224,15 +252,18 @@ class StateDB:
     # -- ingest ---------------------------------------------------------------
 
     def has_instance(self, sop_instance_uid: str) -> bool:
-        """Whether an instance is already stored."""
-        with self.session() as s:
-            return s.get(Instance, sop_instance_uid) is not None
+        """Whether an instance is already stored (a plain read, no write lock)."""
+        with self._read_engine.connect() as conn:
+            row = conn.execute(_HAS_INSTANCE, {"uid": sop_instance_uid}).first()
+        return row is not None
 
     def record_instance(self, rec: InstanceRecord) -> bool:
-        """Commit the rows of a stored instance: instance, series, study.
+        """Commit the rows of a stored instance: study, series, instance.
 
-        A study that was complete re-opens (a late instance); its jobs are
-        re-evaluated when it completes again.
+        This is on the C-STORE hot path, so it runs three prepared SQL statements
+        (``INSERT ... ON CONFLICT``, understood by SQLite and PostgreSQL) in one
+        transaction instead of ORM work. A study that was complete re-opens (a
+        late instance); its jobs are re-evaluated when it completes again.
 
         Parameters
         ----------
@@ -245,52 +276,31 @@ class StateDB:
             True if the instance is new, False if it was already recorded.
         """
         now = utcnow()
-        try:
-            with self.session() as s:
-                if s.get(Instance, rec.sop_instance_uid) is not None:
-                    return False
-                study = s.get(Study, rec.study_uid)
-                if study is None:
-                    study = Study(
-                        study_uid=rec.study_uid,
-                        calling_ae=rec.calling_ae,
-                        first_received=now,
-                        instance_count=0,
-                        accession_number=rec.accession_number[:16],
-                        study_date=rec.study_date[:8],
-                    )
-                    s.add(study)
-                study.last_received = now
-                study.state = StudyState.ARRIVING
-                study.complete_after = None
-                study.calling_ae = rec.calling_ae
-                study.instance_count = (study.instance_count or 0) + 1
-                if s.get(Series, rec.series_uid) is None:
-                    s.add(
-                        Series(
-                            series_uid=rec.series_uid,
-                            study_uid=rec.study_uid,
-                            modality=rec.modality,
-                            attributes=rec.series_attributes,
-                        )
-                    )
-                s.flush()
-                s.add(
-                    Instance(
-                        sop_instance_uid=rec.sop_instance_uid,
-                        series_uid=rec.series_uid,
-                        study_uid=rec.study_uid,
-                        sop_class_uid=rec.sop_class_uid,
-                        transfer_syntax_uid=rec.transfer_syntax_uid,
-                        path=rec.path,
-                        size=rec.size,
-                        received_at=now,
-                        association_id=rec.association_id,
-                    )
-                )
-        except IntegrityError:
-            # Two associations raced with the same instance: the other one won.
-            return False
+        params = {
+            "study": rec.study_uid,
+            "series": rec.series_uid,
+            "sop": rec.sop_instance_uid,
+            "sop_class": rec.sop_class_uid,
+            "ts": rec.transfer_syntax_uid,
+            "path": rec.path,
+            "size": rec.size,
+            "assoc": rec.association_id,
+            "ae": rec.calling_ae,
+            "now": now,
+            "arriving": str(StudyState.ARRIVING),
+            "accession": rec.accession_number[:16],
+            "study_date": rec.study_date[:8],
+            "modality": rec.modality,
+            "attributes": rec.series_attributes,
+        }
+        # Parents first (foreign keys); the instance insert last tells a duplicate,
+        # and a duplicate rolls back the study counter with everything else.
+        with self.engine.connect() as conn, conn.begin() as transaction:
+            conn.execute(_UPSERT_STUDY, params)
+            conn.execute(_INSERT_SERIES, params)
+            if not conn.execute(_INSERT_INSTANCE, params).rowcount:
+                transaction.rollback()
+                return False
         return True
 
     def open_association(self, calling_ae: str, called_ae: str, address: str) -> int:
