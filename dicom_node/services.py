@@ -94,7 +94,11 @@ class RedisHandle:
     @property
     def url(self) -> str:
         """Broker URL of database 0."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.db_url(0)
+
+    def db_url(self, db: int) -> str:
+        """Broker URL of database ``db`` (0-15): one node per database."""
+        return f"redis://127.0.0.1:{self.port}/{db}"
 
 
 def redis_ping(port: int, host: str = "127.0.0.1") -> bool:

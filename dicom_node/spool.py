@@ -5,6 +5,7 @@ Layout under ``spool_dir``::
     instances/<study uid>/<series uid>/<sop instance uid>.dcm   as received
     quarantine/<utc time>-<n>.dcm + .reason.txt                  refused data
     jobs/<job id>/                                               worker results
+    node_id                                                      this node's identity
     tmp/                                                         partial writes
 
 Every write is atomic and durable: a temporary file in ``tmp/`` (same file
@@ -21,11 +22,13 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from dicom_node.errors import SpoolFull
 from dicom_node.uids import validate_uid
+from pipelines.manifest import NODE_ID_NAME, read_node_id
 
 __all__ = ["Spool"]
 
@@ -65,6 +68,12 @@ class Spool:
         # Partial writes of a previous run can never become instances: drop them.
         for stale in self.tmp_dir.iterdir():
             stale.unlink(missing_ok=True)
+        self.node_id = read_node_id(self.root) or self._create_node_id()
+
+    def _create_node_id(self) -> str:
+        node_id = str(uuid.uuid4())
+        self.write_atomic(self.root / NODE_ID_NAME, node_id.encode("ascii"), check_space=False)
+        return read_node_id(self.root) or node_id
 
     def free_bytes(self) -> int:
         """Free bytes on the spool's file system."""

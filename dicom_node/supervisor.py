@@ -138,6 +138,7 @@ class Supervisor:
                 )
                 continue
             request = JobRequest(
+                node_id=self.spool.node_id,
                 job_id=job.id,
                 attempt=job.attempts + 1,
                 pipeline=job.pipeline,
@@ -170,6 +171,9 @@ class Supervisor:
             except ValueError:
                 self.state.set_job_state(job.id, JobState.FAILED, reason="manifest is unreadable")
                 continue
+            if manifest is not None and manifest.node_id != self.spool.node_id:
+                logger.error("job %d: ignoring a manifest written for another node", job.id)
+                manifest = None
             if manifest is not None:
                 self._finish(job, job_dir, manifest)
                 continue

@@ -23,15 +23,20 @@ from pipelines.spec import OutputKind
 
 __all__ = [
     "MANIFEST_NAME",
+    "NODE_ID_NAME",
     "JobManifest",
     "JobRequest",
     "ManifestStatus",
     "OutputObject",
     "read_manifest",
+    "read_node_id",
     "write_manifest",
 ]
 
 MANIFEST_NAME = "manifest.json"
+#: File at the spool root holding the node's identity. Job IDs are only unique
+#: within one node, so a worker refuses a job whose node_id is not its spool's.
+NODE_ID_NAME = "node_id"
 
 
 class ManifestStatus(StrEnum):
@@ -47,6 +52,7 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    node_id: str = Field(description="Identity of the node's spool (its node_id file).")
     job_id: int = Field(description="The node's job row ID.")
     attempt: int = Field(
         default=1, ge=1, description="Which delivery this is, counted by the node."
@@ -75,6 +81,7 @@ class JobManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: int
+    node_id: str = Field(default="", description="The spool identity the job came from.")
     status: ManifestStatus
     reason: str = Field(default="", description="Why a job was skipped or failed; no PHI.")
     outputs: list[OutputObject] = Field(default_factory=list)
@@ -143,3 +150,11 @@ def read_manifest(folder: Path) -> JobManifest | None:
     except FileNotFoundError:
         return None
     return JobManifest.model_validate(json.loads(raw))
+
+
+def read_node_id(spool_root: Path) -> str | None:
+    """Return the identity of the spool at ``spool_root``, or None if it has none yet."""
+    try:
+        return (spool_root / NODE_ID_NAME).read_text(encoding="ascii").strip() or None
+    except FileNotFoundError:
+        return None

@@ -6,10 +6,12 @@ folder on a free port, waits until it answers, and stops it by its PID.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import pydicom
 import pytest
+import redis
 
 from dicom_node.services import OrthancHandle, RedisHandle, run_orthanc, run_redis
 
@@ -28,6 +30,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisHand
     """A real redis-server on loopback for the whole session."""
     with run_redis(tmp_path_factory.mktemp("redis")) as handle:
         yield handle
+
+
+_next_db = itertools.count(1)
+
+
+@pytest.fixture
+def broker_url(redis_server: RedisHandle) -> str:
+    """A Redis database of its own for one test's node, flushed first.
+
+    Job IDs are per node: two nodes on one database would see each other's tasks.
+    """
+    db = next(_next_db) % 14 + 1  # 15 is the end-to-end module's
+    client = redis.Redis(port=redis_server.port, db=db)
+    client.flushdb()
+    client.close()
+    return redis_server.db_url(db)
 
 
 @pytest.fixture(scope="session")

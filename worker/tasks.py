@@ -23,6 +23,7 @@ from pipelines.manifest import (
     JobRequest,
     ManifestStatus,
     read_manifest,
+    read_node_id,
     write_manifest,
 )
 from pipelines.spec import PipelineSpec, load_pipeline_specs
@@ -62,6 +63,17 @@ def execute_job(settings: Settings, request: JobRequest) -> JobManifest:
     from pipelines.run import run_pipeline  # imports torch and MONAI: workers only
 
     root = settings.spool_dir.resolve()
+    manifest: JobManifest
+    if read_node_id(root) != request.node_id:
+        # Another node's job on a shared broker: its IDs mean nothing in this spool,
+        # and writing here could overwrite one of our own jobs' results.
+        logger.error("job %d belongs to another node's spool; dropped", request.job_id)
+        return JobManifest(
+            job_id=request.job_id,
+            node_id=request.node_id,
+            status=ManifestStatus.FAILED,
+            reason="job sent to a worker of another node",
+        )
     out_dir = _inside(root, request.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = read_manifest(out_dir)
@@ -90,6 +102,7 @@ def execute_job(settings: Settings, request: JobRequest) -> JobManifest:
             reason=f"pipeline error: {type(exc).__name__}",
         )
     manifest.worker = socket.gethostname()
+    manifest.node_id = request.node_id
     write_manifest(out_dir, manifest)
     return manifest
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from dicom_node.phantom import ChestPhantom, PhantomStudy
-from dicom_node.services import RedisHandle, wait_until
+from dicom_node.services import wait_until
 from dicom_node.state import StateDB, StudyState
 from dicom_node.state.schema import Instance, Study
 from tests.node_process import run_node, storescu, write_config
@@ -44,14 +44,14 @@ def _count(db: StateDB) -> int:
 
 @pytest.mark.parametrize("round_", [1, 2])
 def test_sigkill_mid_ingest_loses_no_acknowledged_instance(
-    tmp_path: Path, redis_server: RedisHandle, round_: int
+    tmp_path: Path, broker_url: str, round_: int
 ) -> None:
     studies: list[PhantomStudy] = [
         ChestPhantom(slices=40, size=128, pixel_spacing_mm=2.8, seed=i).write(tmp_path / f"s{i}")
         for i in range(4)
     ]
     config = write_config(
-        tmp_path, redis_server.url, 1, stability={"quiet_seconds": 3, "poll_seconds": 0.25}
+        tmp_path, broker_url, 1, stability={"quiet_seconds": 3, "poll_seconds": 0.25}
     )
     db_url = f"sqlite:///{tmp_path / 'spool' / 'state.db'}"
     with run_node(config) as node:

@@ -17,6 +17,7 @@ import pytest
 from dicom_node.phantom import ChestPhantom, PhantomStudy
 from dicom_node.result_summary import segment_labels, sr_measurements
 from dicom_node.services import OrthancHandle, RedisHandle, orthanc_study_objects, wait_until
+from dicom_node.state import JobState, StateDB
 from tests.judges import dciodvfy_errors
 from tests.node_process import run_node, run_worker, storescu, write_config
 
@@ -35,20 +36,25 @@ def delivered(
     study = ChestPhantom(slices=100).write(
         folder / "phantom", patient_name=SENTINEL, patient_id="SENTINEL-ID-91"
     )
-    config = write_config(folder, redis_server.url, orthanc.dicom_port)
+    # A database of its own on the shared Redis (module scope: no broker_url fixture).
+    config = write_config(folder, redis_server.db_url(15), orthanc.dicom_port)
     with run_node(config) as node, run_worker(config):
         sent = storescu(node.port, folder / "phantom")
         assert sent.returncode == 0, sent.stderr
 
         found: dict[str, pydicom.Dataset] = {}
+        state = StateDB(f"sqlite:///{node.spool_dir / 'state.db'}")
 
         def results_arrived() -> bool:
+            failed = state.jobs([JobState.FAILED, JobState.SKIPPED])
+            assert not failed, f"job ended {failed[0].state}: {failed[0].reason}"
             for raw in orthanc_study_objects(orthanc.http_url, study.study_uid, {"SEG", "SR"}):
                 ds = pydicom.dcmread(BytesIO(raw))
                 found[ds.Modality] = ds
             return {"SEG", "SR"} <= found.keys()
 
         wait_until(results_arrived, 300, "SEG and SR in Orthanc", interval_s=1)
+        state.close()
     return study, found, folder
 
 
