@@ -66,8 +66,15 @@ def _broker(folder: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def _archive(folder: Path) -> Iterator[tuple[DestinationSettings, str]]:
     default = DestinationSettings(name="archive", ae_title="ORTHANC", host="127.0.0.1", port=4242)
+    pynetdicom_log = logging.getLogger("pynetdicom")
+    level = pynetdicom_log.level
+    pynetdicom_log.setLevel(logging.CRITICAL)  # a refused probe is expected, not an error
+    try:
+        running = echo("DICOM_NODE", default)[0]
+    finally:
+        pynetdicom_log.setLevel(level)
     with contextlib.suppress(OSError, ValueError):
-        if echo("DICOM_NODE", default)[0] and orthanc_rest("http://127.0.0.1:8042", "/system"):
+        if running and orthanc_rest("http://127.0.0.1:8042", "/system"):
             click.echo("archive: using the Orthanc already running on 127.0.0.1:4242 / :8042")
             yield default, "http://127.0.0.1:8042"
             return
