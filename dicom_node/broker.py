@@ -7,15 +7,24 @@ first (the outbox), then sent; the supervisor re-sends what was never sent.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.result import AsyncResult
 
 from dicom_node.settings import BrokerSettings
 from pipelines.manifest import JobRequest
 
-__all__ = ["RUN_JOB_TASK", "celery_config", "make_producer", "send_job", "task_state"]
+__all__ = [
+    "RUN_JOB_TASK",
+    "celery_config",
+    "make_producer",
+    "pending_task_ids",
+    "send_job",
+    "task_state",
+]
 
 RUN_JOB_TASK = "worker.run_job"
 
@@ -91,3 +100,57 @@ def send_job(
 def task_state(app: Celery, task_id: str) -> str:
     """Celery's state of a task (PENDING, STARTED, SUCCESS, FAILURE, ...)."""
     return str(AsyncResult(task_id, app=app).state)
+
+
+def _task_id(raw: bytes | str) -> str | None:
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(message, list):  # the "unacked" hash holds [message, exchange, key]
+        message = message[0] if message else {}
+    headers = message.get("headers", {}) if isinstance(message, dict) else {}
+    task_id = headers.get("id")
+    return str(task_id) if task_id else None
+
+
+def pending_task_ids(broker_url: str, queues: list[str]) -> set[str]:
+    """IDs of tasks the broker still holds: waiting in a queue or reserved by a worker.
+
+    Reads kombu's Redis layout directly (a list per queue, the ``unacked`` hash
+    for reserved messages), because Celery's PENDING state cannot tell "waiting"
+    from "lost with a flushed or restarted Redis".
+
+    Parameters
+    ----------
+    broker_url : str
+        The Redis broker URL.
+    queues : list[str]
+        Queue names to look in.
+
+    Returns
+    -------
+    set[str]
+        Task IDs.
+
+    Raises
+    ------
+    redis.exceptions.RedisError
+        If the broker cannot be reached: the caller must not conclude anything.
+    """
+    client = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        ids: set[str] = set()
+        for queue in queues:
+            # kombu spreads priorities over "queue", "queue\x06\x163", ...; read them all.
+            for key in client.scan_iter(match=f"{queue}*", count=100):
+                if client.type(key) != b"list":
+                    continue
+                for raw in client.lrange(key, 0, -1):
+                    ids.add(_task_id(raw) or "")
+        for raw in client.hvals("unacked"):
+            ids.add(_task_id(raw) or "")
+        ids.discard("")
+        return ids
+    finally:
+        client.close()

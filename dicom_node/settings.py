@@ -27,6 +27,7 @@ __all__ = [
     "BrokerSettings",
     "DestinationSettings",
     "ExportSettings",
+    "JobSettings",
     "ScpSettings",
     "Settings",
     "SourceSettings",
@@ -200,6 +201,22 @@ class WorkerSettings(_Section):
     )
 
 
+class JobSettings(_Section):
+    """How often a job may be tried, and how lost jobs are found."""
+
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Deliveries of a job (worker deaths and re-sends count) before FAILED.",
+    )
+    lost_check_seconds: float = Field(
+        default=30, gt=0, description="How often the node looks for jobs the broker lost."
+    )
+    lost_grace_seconds: float = Field(
+        default=20, ge=0, description="A job sent less than this long ago is never 'lost'."
+    )
+
+
 class DestinationSettings(_Section):
     """A DICOM archive results are sent to by C-STORE."""
 
@@ -248,6 +265,7 @@ class Settings(BaseSettings):
     )
     broker: BrokerSettings = Field(default_factory=BrokerSettings, description="Celery broker.")
     worker: WorkerSettings = Field(default_factory=WorkerSettings, description="Worker.")
+    jobs: JobSettings = Field(default_factory=JobSettings, description="Attempts, lost jobs.")
     export: ExportSettings = Field(default_factory=ExportSettings, description="Export.")
     job_poll_seconds: float = Field(default=1.0, gt=0, description="Job/export loop period.")
     log_level: str = Field(default="INFO", description="Logging level.")

@@ -15,14 +15,16 @@ the previous one stopped.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 
 from celery import Celery
 
-from dicom_node.broker import send_job, task_state
+from dicom_node.broker import pending_task_ids, send_job, task_state
 from dicom_node.export import next_attempt, send_files
 from dicom_node.phi import study_tag
 from dicom_node.routing import route_study
@@ -69,13 +71,17 @@ class Supervisor:
         self.pipelines = pipelines
         self.producer = producer
         self._stop = threading.Event()
+        self._next_lost_check = 0.0
+        #: Jobs seen missing from the broker once; re-sent when seen missing twice.
+        self._suspects: set[int] = set()
         self._thread: threading.Thread | None = None
 
     # -- the loop -----------------------------------------------------------------
 
     def tick(self) -> None:
         """Run one pass of every step; a failing step does not stop the others."""
-        for step in (self.complete_studies, self.dispatch, self.collect, self.export):
+        steps = (self.complete_studies, self.dispatch, self.collect, self.recover_lost, self.export)
+        for step in steps:
             try:
                 step()
             except Exception:
@@ -184,6 +190,51 @@ class Supervisor:
                     continue
                 if celery_state == "STARTED":
                     self.state.set_job_state(job.id, JobState.RUNNING)
+
+    def recover_lost(self) -> None:
+        """Re-send jobs the broker no longer holds and no worker finished.
+
+        Celery reports a task it does not know as PENDING, so a job lost with a
+        flushed or restarted Redis would wait forever. Every
+        ``jobs.lost_check_seconds`` the node lists what the broker holds (queued
+        or reserved); a dispatched job with no manifest that is missing twice in a
+        row is sent again, or FAILED once it used up ``jobs.max_attempts``.
+        """
+        now = time.monotonic()
+        if now < self._next_lost_check:
+            return
+        self._next_lost_check = now + self.settings.jobs.lost_check_seconds
+        grace = datetime.timedelta(seconds=self.settings.jobs.lost_grace_seconds)
+        candidates = [
+            job
+            for job in self.state.jobs([JobState.QUEUED, JobState.RUNNING])
+            if job.dispatched_at is not None
+            and job.dispatched_at + grace <= utcnow()
+            and read_manifest(self.spool.job_dir(job.id)) is None
+        ]
+        if not candidates:
+            self._suspects.clear()
+            return
+        queues = sorted({job.queue for job in candidates})
+        try:
+            held = pending_task_ids(self.settings.broker.url, queues)
+        except Exception as exc:  # broker away: nothing can be concluded now
+            logger.warning("cannot list the broker's tasks (%s)", exc)
+            return
+        missing = {job.id for job in candidates if job.task_id not in held}
+        for job in candidates:
+            if job.id not in missing or job.id not in self._suspects:
+                continue
+            if job.attempts >= self.settings.jobs.max_attempts:
+                self.state.set_job_state(
+                    job.id,
+                    JobState.FAILED,
+                    reason=f"lost by the broker after {job.attempts} attempts",
+                )
+                continue
+            logger.warning("job %d is not held by the broker; sending it again", job.id)
+            self.state.mark_undispatched(job.id, "lost by the broker; sent again")
+        self._suspects = missing
 
     def _finish(self, job: JobView, job_dir: Path, manifest: JobManifest) -> None:
         if manifest.status is not ManifestStatus.DONE:

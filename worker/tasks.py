@@ -7,6 +7,7 @@ task whose manifest already says DONE returns it without running again.
 
 from __future__ import annotations
 
+import os
 import socket
 from functools import cache
 from pathlib import Path
@@ -45,6 +46,32 @@ def _inside(root: Path, relative: str) -> Path:
     return path
 
 
+def _record_delivery(out_dir: Path) -> int:
+    """Count this delivery of a job durably in its folder and return its number.
+
+    The count lives on the spool, not in the worker, so it survives the worker
+    process dying mid-job: that is exactly the case it must count.
+    """
+    folder = out_dir / "deliveries"
+    folder.mkdir(exist_ok=True)
+    number = len(list(folder.iterdir())) + 1
+    while True:
+        try:
+            fd = os.open(folder / str(number), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            number += 1
+            continue
+        os.fsync(fd)
+        os.close(fd)
+        break
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return number
+
+
 def execute_job(settings: Settings, request: JobRequest) -> JobManifest:
     """Run one job and write its manifest; never raises for a bad job.
 
@@ -80,6 +107,23 @@ def execute_job(settings: Settings, request: JobRequest) -> JobManifest:
     if previous is not None and previous.status is ManifestStatus.DONE:
         logger.info("job %d already done; redelivery ignored", request.job_id)
         return previous
+    delivery = _record_delivery(out_dir)
+    limit = settings.jobs.max_attempts
+    if delivery > limit:
+        # Celery requeues a task whose worker process died, without limit: a study
+        # that kills the worker every time must end, not loop (issue: attempt limit).
+        logger.error(
+            "job %d: delivery %d exceeds %d attempts; failing it", request.job_id, delivery, limit
+        )
+        manifest = JobManifest(
+            job_id=request.job_id,
+            status=ManifestStatus.FAILED,
+            reason=f"started {delivery - 1} times without finishing (the worker died each "
+            f"time); gave up after {limit} attempts",
+        )
+        manifest.node_id = request.node_id
+        write_manifest(out_dir, manifest)
+        return manifest
     try:
         spec = _specs(settings.pipelines_dir.resolve()).get(request.pipeline)
         if spec is None:

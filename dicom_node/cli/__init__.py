@@ -10,6 +10,7 @@ from dicom_node import __version__
 from dicom_node.cli.config_cmd import config_group
 from dicom_node.cli.demo import demo
 from dicom_node.cli.echo import echo_cmd
+from dicom_node.cli.retry import retry
 from dicom_node.cli.send import send
 from dicom_node.cli.serve import serve
 from dicom_node.cli.worker import worker
@@ -27,6 +28,7 @@ cli.add_command(serve)
 cli.add_command(worker)
 cli.add_command(demo)
 cli.add_command(send)
+cli.add_command(retry)
 cli.add_command(echo_cmd)
 cli.add_command(config_group)
 

@@ -505,6 +505,56 @@ class StateDB:
             job.attempts += 1
             job.dispatched_at = utcnow()
 
+    def retry_exports(self, job_id: int, detail: str) -> int:
+        """Give a job's FAILED exports a fresh budget and move the job back to EXPORTING.
+
+        Rows already SENT stay sent: a destination never receives an object twice.
+
+        Returns
+        -------
+        int
+            How many export rows were reset.
+        """
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise ValueError(f"job {job_id} does not exist")
+            result = s.execute(
+                update(Export)
+                .where(Export.job_id == job_id)
+                .where(Export.state == ExportState.FAILED)
+                .values(state=ExportState.PENDING, attempts=0, next_attempt_at=utcnow())
+            )
+            job.state = JobState.EXPORTING
+            job.reason = ""
+            job.updated_at = utcnow()
+            s.add(JobEvent(job_id=job_id, state=JobState.EXPORTING, detail=detail))
+            return int(result.rowcount)
+
+    def requeue_job(self, job_id: int, detail: str) -> None:
+        """Run a job again from the start: QUEUED, not sent, attempts reset."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise ValueError(f"job {job_id} does not exist")
+            job.state = JobState.QUEUED
+            job.reason = ""
+            job.attempts = 0
+            job.dispatched_at = None
+            job.updated_at = utcnow()
+            s.add(JobEvent(job_id=job_id, state=JobState.QUEUED, detail=detail))
+
+    def mark_undispatched(self, job_id: int, detail: str) -> None:
+        """Put a job back in the outbox (QUEUED, not sent) so the next pass sends it."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise ValueError(f"job {job_id} does not exist")
+            job.state = JobState.QUEUED
+            job.dispatched_at = None
+            job.updated_at = utcnow()
+            s.add(JobEvent(job_id=job_id, state=JobState.QUEUED, detail=detail))
+
     def jobs(self, states: Iterable[JobState]) -> list[JobView]:
         """Return jobs in the given states, oldest first."""
         with self.session() as s:
