@@ -24,21 +24,37 @@ __all__ = [
     "pending_task_ids",
     "send_job",
     "task_state",
+    "visibility_timeout",
 ]
 
 RUN_JOB_TASK = "worker.run_job"
 
-#: The longest a pipeline may run before Redis re-delivers an unacknowledged task.
-VISIBILITY_TIMEOUT_S = 4 * 3600
+
+def visibility_timeout(longest_job_s: int) -> int:
+    """Seconds before Redis gives an unacknowledged task to another worker.
+
+    It must exceed the longest pipeline's hard time limit, or a long job still
+    running would be handed out a second time (Celery's Redis caveat).
+
+    Examples
+    --------
+    >>> visibility_timeout(900)
+    3600
+    >>> visibility_timeout(7200)
+    15000
+    """
+    return max(3600, 2 * longest_job_s + 600)
 
 
-def celery_config(settings: BrokerSettings) -> dict[str, Any]:
+def celery_config(settings: BrokerSettings, longest_job_s: int = 900) -> dict[str, Any]:
     """Celery settings shared by the node (producer) and the workers.
 
     Parameters
     ----------
     settings : BrokerSettings
         Broker and result backend URLs.
+    longest_job_s : int
+        The largest hard time limit of any pipeline (sets the visibility timeout).
 
     Returns
     -------
@@ -56,8 +72,7 @@ def celery_config(settings: BrokerSettings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_track_started": True,
-        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
-        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "broker_transport_options": {"visibility_timeout": visibility_timeout(longest_job_s)},
         "result_expires": 7 * 24 * 3600,
         "broker_connection_retry_on_startup": True,
         "task_default_queue": "cpu",
@@ -65,10 +80,10 @@ def celery_config(settings: BrokerSettings) -> dict[str, Any]:
     }
 
 
-def make_producer(settings: BrokerSettings) -> Celery:
+def make_producer(settings: BrokerSettings, longest_job_s: int = 900) -> Celery:
     """A Celery app that only sends tasks and reads their states."""
     app = Celery("dicom_node")
-    app.conf.update(celery_config(settings))
+    app.conf.update(celery_config(settings, longest_job_s))
     return app
 
 

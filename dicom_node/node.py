@@ -37,7 +37,8 @@ class Node:
         self.spool = Spool(settings.spool_dir, settings.scp.min_free_bytes)
         self.state = StateDB(settings.state_db_url)
         self.pipelines = load_pipeline_specs(settings.pipelines_dir)
-        self.producer = make_producer(settings.broker)
+        longest = max((p.time_limit_s for p in self.pipelines.values()), default=900)
+        self.producer = make_producer(settings.broker, longest)
         self.receiver = Receiver(settings.scp, settings.stability, self.spool, self.state)
         self.supervisor = Supervisor(
             settings, self.spool, self.state, self.pipelines, self.producer

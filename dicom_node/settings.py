@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,6 +42,10 @@ __all__ = [
     "SourceSettings",
     "StabilitySettings",
     "TlsSettings",
+    "WebRole",
+    "WebSettings",
+    "WebTlsSettings",
+    "WebUser",
     "WorkerSettings",
     "load_settings",
 ]
@@ -199,6 +212,20 @@ class WorkerSettings(_Section):
     max_tasks_per_child: int = Field(
         default=50, ge=1, description="Recycle a worker process after this many jobs."
     )
+    max_memory_per_child_mb: int | None = Field(
+        default=8192,
+        ge=64,
+        description="Recycle a worker process after a job leaves it above this resident size.",
+    )
+    gpus: str = Field(
+        default="auto",
+        description="'auto' (every GPU nvidia-smi lists), 'none', or indices like '0,1': "
+        "one worker process per GPU, pinned to it.",
+    )
+    device: str = Field(
+        default="cpu",
+        description="Torch device of this worker process; set per GPU process by the parent.",
+    )
 
 
 class JobSettings(_Section):
@@ -238,6 +265,103 @@ class ExportSettings(_Section):
     backoff_max_s: float = Field(default=900, gt=0, description="Longest retry delay.")
 
 
+class WebRole(StrEnum):
+    """What a dashboard user may do."""
+
+    VIEWER = "viewer"
+    ADMIN = "admin"
+
+
+#: Values of ``web.session_secret`` that mean "nobody set this": refused outside demo mode.
+PLACEHOLDER_SECRETS = frozenset({"", "changethis", "change-me", "changeme", "secret"})
+
+
+class WebUser(_Section):
+    """A dashboard user: a name, an argon2 password hash and a role."""
+
+    name: str = Field(min_length=1, max_length=64, description="Login name.")
+    password_hash: str = Field(
+        description="argon2 hash of the password (make one: dicom-node web hash-password)."
+    )
+    role: WebRole = Field(default=WebRole.VIEWER, description="viewer or admin.")
+
+    @field_validator("password_hash")
+    @classmethod
+    def _check_hash(cls, value: str) -> str:
+        # Never echo the value: it is a secret.
+        if not value.startswith("$argon2"):
+            raise ValueError("password_hash must be an argon2 hash ($argon2id$...)")
+        return value
+
+
+class WebTlsSettings(_Section):
+    """HTTPS for the dashboard; session cookies are then marked Secure."""
+
+    certificate: Path | None = Field(default=None, description="Server certificate (PEM).")
+    private_key: Path | None = Field(default=None, description="Server private key (PEM).")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the dashboard is served over TLS."""
+        return self.certificate is not None
+
+    @model_validator(mode="after")
+    def _check_files(self) -> WebTlsSettings:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("web.tls.certificate and web.tls.private_key go together")
+        for path in (self.certificate, self.private_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"web TLS file {path} does not exist")
+        return self
+
+
+class WebSettings(_Section):
+    """The admin dashboard, its REST API and Prometheus metrics (served by ``serve``)."""
+
+    enabled: bool = Field(default=False, description="Serve the dashboard from dicom-node serve.")
+    host: str = Field(default="127.0.0.1", description="Address the dashboard listens on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="HTTP(S) port (0 picks one).")
+    session_secret: SecretStr = Field(
+        default=SecretStr("changethis"),
+        description="Key that signs session cookies; a placeholder is refused outside demo.",
+    )
+    session_max_age_s: int = Field(default=8 * 3600, gt=0, description="Session lifetime.")
+    users: list[WebUser] = Field(default_factory=list, description="Who may log in.")
+    show_patient_names: bool = Field(
+        default=False, description="Show patient names and accession numbers to viewers too."
+    )
+    metrics_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Bearer token a Prometheus scraper may use for /metrics; empty: login only.",
+    )
+    worker_ping_timeout_s: float = Field(
+        default=1.0, gt=0, le=10, description="How long to wait for workers to answer a ping."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as text or as JSON objects (one per line)."
+    )
+    tls: WebTlsSettings = Field(default_factory=WebTlsSettings, description="HTTPS.")
+    demo: bool = Field(
+        default=False, description="Demo mode: placeholder secrets allowed. Never in production."
+    )
+
+    @model_validator(mode="after")
+    def _check_secrets(self) -> WebSettings:
+        names = [user.name for user in self.users]
+        if len(set(names)) != len(names):
+            raise ValueError("web.users names must be unique")
+        if not self.enabled or self.demo:
+            return self
+        secret = self.session_secret.get_secret_value()
+        if secret.strip().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("web.session_secret is a placeholder: set a long random value")
+        if len(secret) < 16:
+            raise ValueError("web.session_secret must be at least 16 characters")
+        if not self.users:
+            raise ValueError("web.users is empty: nobody could log in to the dashboard")
+        return self
+
+
 class Settings(BaseSettings):
     """The whole node configuration."""
 
@@ -267,6 +391,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings, description="Worker.")
     jobs: JobSettings = Field(default_factory=JobSettings, description="Attempts, lost jobs.")
     export: ExportSettings = Field(default_factory=ExportSettings, description="Export.")
+    web: WebSettings = Field(default_factory=WebSettings, description="Dashboard and API.")
     job_poll_seconds: float = Field(default=1.0, gt=0, description="Job/export loop period.")
     log_level: str = Field(default="INFO", description="Logging level.")
 

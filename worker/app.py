@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
+from celery.signals import worker_process_init
 
 from dicom_node.broker import celery_config
 from dicom_node.settings import Settings
+from pipelines.spec import load_pipeline_specs
 from worker.tasks import register_tasks
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["make_celery"]
 
@@ -24,12 +30,27 @@ def make_celery(settings: Settings) -> Celery:
     celery.Celery
         The app; ``app.conf.dicom_node_settings`` carries the settings to tasks.
     """
+    specs = load_pipeline_specs(settings.pipelines_dir)
+    longest = max((spec.time_limit_s for spec in specs.values()), default=900)
     app = Celery("worker")
-    app.conf.update(celery_config(settings.broker))
+    app.conf.update(celery_config(settings.broker, longest))
+    memory = settings.worker.max_memory_per_child_mb
     app.conf.update(
         worker_max_tasks_per_child=settings.worker.max_tasks_per_child,
-        task_queues=None,
+        # Celery counts KiB; a process above it is replaced after its current job.
+        worker_max_memory_per_child=memory * 1024 if memory else None,
         dicom_node_settings=settings,
     )
     register_tasks(app)
+    worker_process_init.connect(_announce_device, weak=False)
     return app
+
+
+def _announce_device(**_: object) -> None:
+    """Log the device each pool process computes on (CUDA is initialised here, after fork)."""
+    import torch  # the parent never initialises CUDA: forked children could not use it
+
+    if torch.cuda.is_available():
+        logger.info("pool process on %s (%s)", torch.cuda.get_device_name(0), torch.version.cuda)
+    else:
+        logger.info("pool process on CPU (%d threads)", torch.get_num_threads())
