@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := redis-server orthanc dcmtk dicom3tools
+APT_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench-ingest system-deps install

@@ -11,8 +11,13 @@ which it keeps once.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import json
 import logging
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +29,15 @@ from pynetdicom.sop_class import Verification
 from dicom_node.settings import DestinationSettings, ExportSettings
 from dicom_node.state.schema import utcnow
 
-__all__ = ["DeliveryResult", "backoff_delay", "echo", "next_attempt", "send_files"]
+__all__ = [
+    "DeliveryResult",
+    "backoff_delay",
+    "echo",
+    "next_attempt",
+    "send_files",
+    "store_files",
+    "stow_files",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +112,31 @@ def echo(calling_ae: str, dest: DestinationSettings) -> tuple[bool, str]:
 def send_files(
     calling_ae: str, dest: DestinationSettings, paths: Sequence[Path]
 ) -> list[DeliveryResult]:
-    """Send DICOM files to a destination in one association.
+    """Send DICOM files to a destination: one association, or one STOW-RS request.
+
+    Parameters
+    ----------
+    calling_ae : str
+        The node's AE title (C-STORE only).
+    dest : DestinationSettings
+        Where to send.
+    paths : Sequence[pathlib.Path]
+        Part-10 files to send.
+
+    Returns
+    -------
+    list[DeliveryResult]
+        One result per path, in order.
+    """
+    if dest.kind == "dicomweb":
+        return stow_files(dest, paths)
+    return store_files(calling_ae, dest, paths)
+
+
+def store_files(
+    calling_ae: str, dest: DestinationSettings, paths: Sequence[Path]
+) -> list[DeliveryResult]:
+    """Send DICOM files to a destination by C-STORE in one association.
 
     Parameters
     ----------
@@ -155,3 +192,79 @@ def next_attempt(settings: ExportSettings, attempts: int) -> datetime.datetime |
     if attempts >= settings.max_attempts:
         return None
     return utcnow() + datetime.timedelta(seconds=backoff_delay(settings, attempts))
+
+
+def _stow_body(paths: Sequence[Path], boundary: str) -> bytes:
+    parts = []
+    for path in paths:
+        parts.append(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
+            + path.read_bytes()
+            + b"\r\n"
+        )
+    parts.append(f"--{boundary}--\r\n".encode("ascii"))
+    return b"".join(parts)
+
+
+def _failed_uids(response: dict[str, object]) -> dict[str, str]:
+    """SOP Instance UID to failure reason from a STOW-RS response (PS3.18 10.5.3)."""
+    failed: dict[str, str] = {}
+    sequence = response.get("00081198", {})  # Failed SOP Sequence
+    items = sequence.get("Value", []) if isinstance(sequence, dict) else []
+    for item in items:
+        uid = item.get("00081155", {}).get("Value", [""])[0]
+        reason = item.get("00081197", {}).get("Value", [0])[0]
+        failed[str(uid)] = f"failure reason {int(reason):#06x}" if reason else "failed"
+    return failed
+
+
+def stow_files(dest: DestinationSettings, paths: Sequence[Path]) -> list[DeliveryResult]:
+    """Send DICOM files with one DICOMweb STOW-RS request (PS3.18 10.5).
+
+    Parameters
+    ----------
+    dest : DestinationSettings
+        A ``dicomweb`` destination: base URL and optional basic auth.
+    paths : Sequence[pathlib.Path]
+        Part-10 files to send.
+
+    Returns
+    -------
+    list[DeliveryResult]
+        One result per path: failed when the request fails, or when the
+        response lists the instance in its Failed SOP Sequence.
+    """
+    boundary = f"dicom-node-{uuid.uuid4().hex}"
+    request = urllib.request.Request(
+        dest.url.rstrip("/") + "/studies",
+        data=_stow_body(paths, boundary),
+        method="POST",
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        },
+    )
+    if dest.username:
+        token = f"{dest.username}:{dest.password.get_secret_value()}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(token).decode("ascii"))
+    try:
+        with urllib.request.urlopen(request, timeout=dest.timeout_s) as response:
+            payload = response.read()
+    except urllib.error.HTTPError as exc:
+        reason = f"{dest.name} answered HTTP {exc.code}"
+        return [DeliveryResult(path, False, reason) for path in paths]
+    except (urllib.error.URLError, OSError) as exc:
+        reason = f"{dest.name} unreachable ({getattr(exc, 'reason', exc)})"
+        return [DeliveryResult(path, False, reason) for path in paths]
+    try:
+        failed = _failed_uids(json.loads(payload)) if payload else {}
+    except ValueError:
+        failed = {}
+    results = []
+    for path in paths:
+        uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        if uid in failed:
+            results.append(DeliveryResult(path, False, f"{dest.name}: {failed[uid]}"))
+        else:
+            results.append(DeliveryResult(path, True, ""))
+    return results

@@ -34,6 +34,10 @@ __all__ = [
 ]
 
 
+#: Orthanc's DICOMweb plugin from Debian's orthanc-dicomweb (STOW-RS for the export tests).
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
 class ServiceError(RuntimeError):
     """A companion server could not be started or did not become ready."""
 
@@ -186,6 +190,8 @@ def run_orthanc(
     dicom_port: int | None = None,
     http_port: int | None = None,
     ae_title: str = "ORTHANC",
+    *,
+    dicomweb: bool = False,
 ) -> Iterator[OrthancHandle]:
     """Run Debian's Orthanc on loopback with its storage in ``folder``.
 
@@ -212,9 +218,12 @@ def run_orthanc(
         "DicomCheckCalledAet": False,
         "DicomAlwaysAllowStore": True,
         "DicomAlwaysAllowEcho": True,
-        "Plugins": [],
+        "Plugins": [DICOMWEB_PLUGIN] if dicomweb else [],
+        "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
         "StableAge": 2,
     }
+    if dicomweb and not Path(DICOMWEB_PLUGIN).is_file():
+        raise ServiceError("DICOMweb needs the Debian package 'orthanc-dicomweb'")
     config_path = folder / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
     env = dict(os.environ, TCP_NODELAY="1")

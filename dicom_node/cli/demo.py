@@ -165,7 +165,10 @@ def demo(slices: int, timeout: float, keep: bool, verbose: int) -> int:
                         "min_free_bytes": 0},
                 "stability": {"quiet_seconds": 3, "poll_seconds": 0.5},
                 "broker": {"url": broker_url},
-                "export": {"destinations": [dest.model_dump()], "backoff_initial_s": 2},
+                "export": {
+                    "destinations": [dest.model_dump(mode="json", exclude={"password"})],
+                    "backoff_initial_s": 2,
+                },
                 "job_poll_seconds": 0.5,
             }  # fmt: skip
             config_path = folder / "node.yaml"
