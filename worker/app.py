@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import Celery
 from celery.signals import worker_process_init
@@ -42,15 +43,19 @@ def make_celery(settings: Settings) -> Celery:
         dicom_node_settings=settings,
     )
     register_tasks(app)
-    worker_process_init.connect(_announce_device, weak=False)
-    return app
+    concurrency = settings.worker.concurrency
 
+    def _init_pool_process(**_: object) -> None:
+        """Set up torch in each pool process (CUDA initialises here, after the fork)."""
+        import torch  # the parent never initialises CUDA: forked children could not use it
 
-def _announce_device(**_: object) -> None:
-    """Log the device each pool process computes on (CUDA is initialised here, after fork)."""
-    import torch  # the parent never initialises CUDA: forked children could not use it
-
-    if torch.cuda.is_available():
-        logger.info("pool process on %s (%s)", torch.cuda.get_device_name(0), torch.version.cuda)
-    else:
+        if torch.cuda.is_available():
+            name = torch.cuda.get_device_name(0)
+            logger.info("pool process on %s (CUDA %s)", name, torch.version.cuda)
+            return
+        # N processes on C cores: C/N threads each, or they fight over the cores.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // concurrency))
         logger.info("pool process on CPU (%d threads)", torch.get_num_threads())
+
+    worker_process_init.connect(_init_pool_process, weak=False)
+    return app

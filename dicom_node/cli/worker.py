@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 def _run_celery(settings: Settings, queues: list[str], concurrency: int, name: str) -> int:
     from worker.app import make_celery  # torch and MONAI load here, not in the node
 
-    app = make_celery(settings)
+    worker_settings = settings.worker.model_copy(update={"concurrency": concurrency})
+    app = make_celery(settings.model_copy(update={"worker": worker_settings}))
     argv = [
         "worker",
         "--queues", ",".join(queues),
