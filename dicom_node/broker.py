@@ -8,6 +8,7 @@ first (the outbox), then sent; the supervisor re-sends what was never sent.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -21,7 +22,9 @@ __all__ = [
     "RUN_JOB_TASK",
     "celery_config",
     "make_producer",
-    "pending_task_ids",
+    "BrokerHoldings",
+    "broker_holdings",
+    "tasks_on_live_workers",
     "send_job",
     "task_state",
     "visibility_timeout",
@@ -129,8 +132,16 @@ def _task_id(raw: bytes | str) -> str | None:
     return str(task_id) if task_id else None
 
 
-def pending_task_ids(broker_url: str, queues: list[str]) -> set[str]:
-    """IDs of tasks the broker still holds: waiting in a queue or reserved by a worker.
+@dataclass(frozen=True, slots=True)
+class BrokerHoldings:
+    """Task IDs the broker holds: waiting in a queue, or reserved by some worker."""
+
+    queued: frozenset[str]
+    reserved: frozenset[str]
+
+
+def broker_holdings(broker_url: str, queues: list[str]) -> BrokerHoldings:
+    """What the broker still holds: tasks waiting in a queue or reserved by a worker.
 
     Reads kombu's Redis layout directly (a list per queue, the ``unacked`` hash
     for reserved messages), because Celery's PENDING state cannot tell "waiting"
@@ -145,8 +156,8 @@ def pending_task_ids(broker_url: str, queues: list[str]) -> set[str]:
 
     Returns
     -------
-    set[str]
-        Task IDs.
+    BrokerHoldings
+        Queued and reserved task IDs.
 
     Raises
     ------
@@ -155,17 +166,39 @@ def pending_task_ids(broker_url: str, queues: list[str]) -> set[str]:
     """
     client = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
     try:
-        ids: set[str] = set()
+        queued: set[str] = set()
         for queue in queues:
             # kombu spreads priorities over "queue", "queue\x06\x163", ...; read them all.
             for key in client.scan_iter(match=f"{queue}*", count=100):
                 if client.type(key) != b"list":
                     continue
-                for raw in client.lrange(key, 0, -1):
-                    ids.add(_task_id(raw) or "")
-        for raw in client.hvals("unacked"):
-            ids.add(_task_id(raw) or "")
-        ids.discard("")
-        return ids
+                queued.update(_task_id(raw) or "" for raw in client.lrange(key, 0, -1))
+        reserved = {_task_id(raw) or "" for raw in client.hvals("unacked")}
+        return BrokerHoldings(frozenset(queued - {""}), frozenset(reserved - {""}))
     finally:
         client.close()
+
+
+def tasks_on_live_workers(app: Celery, timeout_s: float = 2.0) -> set[str] | None:
+    """IDs of tasks that live workers report as running or reserved.
+
+    A message stays in Redis's ``unacked`` hash until its visibility timeout
+    (an hour or more) when the whole worker that reserved it is killed; asking
+    the live workers tells such an orphan from a job that is still running.
+
+    Returns
+    -------
+    set[str] or None
+        The IDs, or None when the workers could not be asked (then nothing
+        may be concluded).
+    """
+    try:
+        inspector = app.control.inspect(timeout=timeout_s)
+        active = inspector.active() or {}
+        reserved = inspector.reserved() or {}
+    except Exception:  # kombu raises several types when the broker is away
+        return None
+    ids = set()
+    for tasks in (*active.values(), *reserved.values()):
+        ids.update(str(task.get("id")) for task in tasks if task.get("id"))
+    return ids

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from celery import Celery
 
-from dicom_node.broker import pending_task_ids, send_job, task_state
+from dicom_node.broker import broker_holdings, send_job, task_state, tasks_on_live_workers
 from dicom_node.export import next_attempt, send_files
 from dicom_node.phi import study_tag
 from dicom_node.routing import route_study
@@ -195,10 +195,13 @@ class Supervisor:
         """Re-send jobs the broker no longer holds and no worker finished.
 
         Celery reports a task it does not know as PENDING, so a job lost with a
-        flushed or restarted Redis would wait forever. Every
-        ``jobs.lost_check_seconds`` the node lists what the broker holds (queued
-        or reserved); a dispatched job with no manifest that is missing twice in a
-        row is sent again, or FAILED once it used up ``jobs.max_attempts``.
+        flushed or restarted Redis would wait forever; and a task reserved by a
+        worker that was killed whole stays reserved until the visibility timeout.
+        Every ``jobs.lost_check_seconds`` the node lists what the broker holds and
+        what the live workers run; a dispatched job with no manifest that is held
+        by neither, twice in a row, is sent again, or FAILED once it used up
+        ``jobs.max_attempts``. A stale copy delivered later finds the manifest DONE
+        and does nothing (result UIDs are deterministic in any case).
         """
         now = time.monotonic()
         if now < self._next_lost_check:
@@ -217,11 +220,23 @@ class Supervisor:
             return
         queues = sorted({job.queue for job in candidates})
         try:
-            held = pending_task_ids(self.settings.broker.url, queues)
+            held = broker_holdings(self.settings.broker.url, queues)
         except Exception as exc:  # broker away: nothing can be concluded now
             logger.warning("cannot list the broker's tasks (%s)", exc)
             return
-        missing = {job.id for job in candidates if job.task_id not in held}
+        orphans: set[str] = set()
+        reserved = {job.task_id for job in candidates if job.task_id in held.reserved}
+        if reserved:
+            live = tasks_on_live_workers(self.producer)
+            # Reserved by a worker that no longer answers: killed whole, its message
+            # would sit in Redis until the visibility timeout.
+            orphans = set() if live is None else {t for t in reserved if t and t not in live}
+        missing = {
+            job.id
+            for job in candidates
+            if (job.task_id not in held.queued and job.task_id not in held.reserved)
+            or job.task_id in orphans
+        }
         for job in candidates:
             if job.id not in missing or job.id not in self._suspects:
                 continue

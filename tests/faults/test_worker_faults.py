@@ -209,3 +209,32 @@ def test_archive_down_past_the_budget_fails_visibly_and_retry_delivers(
             _wait_done(db, timeout=120)
             handle = OrthancHandle(dicom_port, http_port, "ORTHANC", 0, archive_dir)
             _exactly_once(handle, study.study_uid)
+
+
+def test_whole_worker_killed_then_replaced_still_exactly_once(
+    tmp_path: Path, broker_url: str, orthanc: OrthancHandle, db_of
+) -> None:
+    """The worker's main process dies too: its reserved message would wait an hour in
+    Redis (the visibility timeout); the node notices no live worker runs it."""
+    study = _study(tmp_path / "ct", seed=500, slices=100, size=512)
+    config = write_config(
+        tmp_path, broker_url, orthanc.dicom_port,
+        jobs={"lost_check_seconds": 1, "lost_grace_seconds": 2},
+    )  # fmt: skip
+    with run_node(config) as node:
+        db = StateDB(f"sqlite:///{node.spool_dir / 'state.db'}")
+        db_of.append(db)
+        with run_worker(config) as worker:
+            assert storescu(node.port, list(study.paths)).returncode == 0
+            first_delivery = node.spool_dir / "jobs" / "1" / "deliveries" / "1"
+            wait_until(first_delivery.exists, 120, "the job to start", interval_s=0.02)
+            for pid in [*_children(worker.pid), worker.pid]:
+                os.kill(pid, signal.SIGKILL)
+            worker.wait(timeout=10)
+        assert db.jobs([JobState.DONE]) == []
+        with run_worker(config):
+            _wait_done(db)
+        job = db.job(1)
+        assert job is not None
+        assert job.attempts == 2, "the node must have sent the orphaned job again"
+    _exactly_once(orthanc, study.study_uid)
