@@ -198,7 +198,7 @@ def tasks_on_live_workers(app: Celery, timeout_s: float = 2.0) -> set[str] | Non
         reserved = inspector.reserved() or {}
     except Exception:  # kombu raises several types when the broker is away
         return None
-    ids = set()
+    ids: set[str] = set()
     for tasks in (*active.values(), *reserved.values()):
         ids.update(str(task.get("id")) for task in tasks if task.get("id"))
     return ids

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.settings import DestinationSettings, ExportSettings
 from dicom_node.state.schema import utcnow
@@ -168,8 +168,10 @@ def store_files(
     results: list[DeliveryResult] = []
     try:
         for path in paths:
+            # The peer may abort between two stores; mypy cannot know the flag changes.
             if not assoc.is_established:
-                results.append(DeliveryResult(path, False, f"association with {dest.name} lost"))
+                lost = DeliveryResult(path, False, f"association with {dest.name} lost")  # type: ignore[unreachable]
+                results.append(lost)
                 continue
             status = assoc.send_c_store(path)
             code = int(status.Status) if status and "Status" in status else None

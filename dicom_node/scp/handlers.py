@@ -13,11 +13,14 @@ import datetime
 import logging
 import threading
 from dataclasses import dataclass, field
+from io import BytesIO
+from typing import cast
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 
 from dicom_node.errors import InvalidUID, SpoolFull
 from dicom_node.phi import study_tag
@@ -134,7 +137,7 @@ def handle_requested(event: evt.Event, ctx: StoreContext) -> None:
     if ctx.allowed_callers is None:
         return
     primitive = event.assoc.requestor.primitive
-    calling_ae = str(primitive.calling_ae_title).strip()
+    calling_ae = str(primitive.calling_ae_title if primitive else "").strip()
     address = str(event.assoc.requestor.address)
     if any(c.ae_title == calling_ae and c.allows(address) for c in ctx.allowed_callers):
         return
@@ -245,15 +248,17 @@ def _refuse(
 
 
 def _store(event: evt.Event, ctx: StoreContext, stats: AssociationStats | None) -> StoreStatus:
-    request = event.request
+    request = cast(C_STORE, event.request)
     requested_class = str(request.AffectedSOPClassUID)
     requested_uid = str(request.AffectedSOPInstanceUID)
     transfer_syntax = event.context.transfer_syntax
     stream = request.DataSet  # the data set as received, never re-encoded
+    if not isinstance(stream, BytesIO):
+        return _refuse(ctx, StoreStatus.CANNOT_UNDERSTAND, "C-STORE without a data set", [b""])
     calling_ae = stats.calling_ae if stats else ""
     # Part-10 bytes: our file meta, then the received buffer without a copy.
     meta = file_meta_bytes(requested_class, requested_uid, transfer_syntax, calling_ae)
-    raw = [meta, stream.getbuffer()]
+    raw: list[bytes | memoryview] = [meta, stream.getbuffer()]
 
     if ctx.accepted_sop_classes is not None and requested_class not in ctx.accepted_sop_classes:
         return _refuse(
@@ -272,7 +277,9 @@ def _store(event: evt.Event, ctx: StoreContext, stats: AssociationStats | None) 
         study_uid_raw = ds.get("StudyInstanceUID")
         series_uid_raw = ds.get("SeriesInstanceUID")
         known = str(series_uid_raw) in ctx.known_series
-        attributes = {"Modality": str(ds.get("Modality", ""))} if known else _routing_attributes(ds)
+        attributes: dict[str, object] = (
+            {"Modality": str(ds.get("Modality", ""))} if known else _routing_attributes(ds)
+        )
         accession = str(ds.get("AccessionNumber", "") or "")
         study_date = str(ds.get("StudyDate", "") or "")
     except Exception as exc:  # pydicom raises many types on malformed input

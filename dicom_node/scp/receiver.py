@@ -6,9 +6,10 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from pynetdicom import AE, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.scp.handlers import (
@@ -48,7 +49,8 @@ class _ReusePortServer(ThreadedAssociationServer):
 
     def server_bind(self) -> None:
         """Set SO_REUSEPORT, then bind as pynetdicom does."""
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if self.socket is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
 
@@ -116,7 +118,7 @@ class Receiver:
             With the bound port (useful when the configured port is 0).
         """
         ctx = self.context
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_REQUESTED, handle_requested, [ctx]),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [ctx]),

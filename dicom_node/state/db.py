@@ -439,7 +439,7 @@ class StateDB:
                 .where(Study.state == StudyState.ARRIVING)
                 .values(state=StudyState.COMPLETE, complete_after=None)
             )
-            if not result.rowcount:
+            if not getattr(result, "rowcount", 0):
                 return []
             for new in jobs:
                 digest = input_hash(new.series.instance_uids)
@@ -529,7 +529,7 @@ class StateDB:
             job.reason = ""
             job.updated_at = utcnow()
             s.add(JobEvent(job_id=job_id, state=JobState.EXPORTING, detail=detail))
-            return int(result.rowcount)
+            return int(getattr(result, "rowcount", 0))
 
     def requeue_job(self, job_id: int, detail: str) -> None:
         """Run a job again from the start: QUEUED, not sent, attempts reset."""
