@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools
+APT_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools chromium
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench-ingest system-deps install
@@ -20,7 +20,8 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# Debian packages: the broker, the archive, the sender and the validator.
+# Debian packages: the broker, the archive, the sender, the validator, and the
+# browser of the dashboard's test (Playwright drives Debian's chromium).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -1,8 +1,9 @@
-"""The running node: receiver and supervisor over one spool and state DB."""
+"""The running node: receiver, supervisor and dashboard over one spool and state DB."""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from dicom_node.broker import make_producer
 from dicom_node.scp import Receiver, ReceiverHandle
@@ -12,6 +13,9 @@ from dicom_node.spool import Spool
 from dicom_node.state import StateDB
 from dicom_node.supervisor import Supervisor
 from pipelines.spec import load_pipeline_specs
+
+if TYPE_CHECKING:
+    from dicom_node.web.server import WebServerHandle
 
 __all__ = ["Node"]
 
@@ -45,19 +49,38 @@ class Node:
         )
         self._handle: ReceiverHandle | None = None
         self._pool: ReceiverPool | None = None
+        #: The dashboard, when ``web.enabled``; set by :meth:`start`.
+        self.web: WebServerHandle | None = None
 
     def start(self) -> ReceiverHandle:
         """Start receiving and supervising; return the receiver's handle."""
         logger.info(
             "starting: spool=%s pipelines=%s", self.spool.root, ", ".join(self.pipelines) or "-"
         )
+        stale = self.spool.remove_stale_temporaries()
+        if stale:
+            logger.info("removed %d partial writes left by a previous run", stale)
         processes = self.settings.scp.processes
         self._handle = self.receiver.start(reuse_port=processes > 1)
         if processes > 1:
             self._pool = ReceiverPool(self.settings, self._handle.port)
             self._pool.start()
         self.supervisor.start()
+        if self.settings.web.enabled:
+            try:
+                self._start_web()
+            except Exception:
+                self.stop()  # a dashboard that cannot start (port in use) stops the node
+                raise
         return self._handle
+
+    def _start_web(self) -> None:
+        from dicom_node.web import create_app, start_web_server  # FastAPI only when served
+
+        app = create_app(
+            self.settings, state=self.state, spool=self.spool, pipelines=self.pipelines
+        )
+        self.web = start_web_server(app, self.settings.web)
 
     def check(self) -> None:
         """Restart extra receiver processes that died; call it periodically."""
@@ -71,4 +94,6 @@ class Node:
         if self._handle is not None:
             self._handle.stop()
         self.supervisor.stop()
+        if self.web is not None:
+            self.web.stop()
         self.state.close()

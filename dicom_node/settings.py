@@ -245,13 +245,27 @@ class JobSettings(_Section):
 
 
 class DestinationSettings(_Section):
-    """A DICOM archive results are sent to by C-STORE."""
+    """An archive results are sent to: by C-STORE (dimse) or DICOMweb STOW-RS (dicomweb)."""
 
     name: str = Field(default="archive", description="Name used in logs and the CLI.")
-    ae_title: AETitle = Field(default="ORTHANC", description="Called AE title.")
-    host: str = Field(default="127.0.0.1", description="Archive host.")
-    port: int = Field(default=4242, ge=1, le=65535, description="Archive DICOM port.")
+    kind: Literal["dimse", "dicomweb"] = Field(default="dimse", description="Protocol.")
+    ae_title: AETitle = Field(default="ORTHANC", description="Called AE title (dimse).")
+    host: str = Field(default="127.0.0.1", description="Archive host (dimse).")
+    port: int = Field(default=4242, ge=1, le=65535, description="Archive DICOM port (dimse).")
+    url: str = Field(
+        default="", description="DICOMweb base URL, e.g. http://pacs:8042/dicom-web (dicomweb)."
+    )
+    username: str = Field(default="", description="HTTP basic user (dicomweb), optional.")
+    password: SecretStr = Field(default=SecretStr(""), description="HTTP basic password.")
     timeout_s: float = Field(default=30, gt=0, description="Network and DIMSE timeout.")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> DestinationSettings:
+        if self.kind == "dicomweb" and not self.url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"destination {self.name}: a dicomweb destination needs an http(s) url"
+            )
+        return self
 
 
 class ExportSettings(_Section):
@@ -370,6 +384,8 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
+        # Validation errors must not echo secrets (session secret, passwords) back.
+        hide_input_in_errors=True,
     )
 
     #: Set by :func:`load_settings` before the class is instantiated.

@@ -65,15 +65,30 @@ class Spool:
         self.tmp_dir = self.root / "tmp"
         for folder in (self.instances_dir, self.quarantine_dir, self.jobs_dir, self.tmp_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        # Partial writes of a previous run can never become instances: drop them.
-        for stale in self.tmp_dir.iterdir():
-            stale.unlink(missing_ok=True)
         self.node_id = read_node_id(self.root) or self._create_node_id()
 
     def _create_node_id(self) -> str:
         node_id = str(uuid.uuid4())
         self.write_atomic(self.root / NODE_ID_NAME, node_id.encode("ascii"), check_space=False)
         return read_node_id(self.root) or node_id
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete partial writes left by a previous run; they can never become instances.
+
+        Only the node calls this, once, before its receivers start: any other
+        process (a CLI command, an extra receiver) would delete files that a
+        running receiver is still writing.
+
+        Returns
+        -------
+        int
+            How many files were removed.
+        """
+        removed = 0
+        for stale in self.tmp_dir.iterdir():
+            stale.unlink(missing_ok=True)
+            removed += 1
+        return removed
 
     def free_bytes(self) -> int:
         """Free bytes on the spool's file system."""

@@ -13,6 +13,8 @@ from dicom_node.cli.echo import echo_cmd
 from dicom_node.cli.retry import retry
 from dicom_node.cli.send import send
 from dicom_node.cli.serve import serve
+from dicom_node.cli.status import status
+from dicom_node.cli.web_cmd import web_group
 from dicom_node.cli.worker import worker
 
 __all__ = ["cli", "main"]
@@ -25,6 +27,8 @@ def cli() -> None:
 
 
 cli.add_command(serve)
+cli.add_command(status)
+cli.add_command(web_group)
 cli.add_command(worker)
 cli.add_command(demo)
 cli.add_command(send)

@@ -12,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from io import BytesIO
@@ -109,6 +112,25 @@ def _worker(config_path: Path, log_path: Path) -> Iterator[subprocess.Popen[byte
                 proc.wait()
 
 
+def _demo_web(port: int, password: str) -> dict[str, object]:
+    """The dashboard of the demo: loopback only, one admin, a fresh password and secret."""
+    from dicom_node.web.auth import hash_password
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            port = 0  # taken: let the OS pick; the URL is printed
+    return {
+        "enabled": True,
+        "demo": True,
+        "host": "127.0.0.1",
+        "port": port,
+        "session_secret": secrets.token_urlsafe(32),
+        "users": [{"name": "admin", "password_hash": hash_password(password), "role": "admin"}],
+    }
+
+
 def _print_summary(
     files: list[bytes], true_volumes: dict[str, float], label_names: dict[str, str]
 ) -> bool:
@@ -145,8 +167,14 @@ def _print_summary(
 @click.option("--slices", default=120, show_default=True, help="Phantom slices (>= 100).")
 @click.option("--timeout", default=900.0, show_default=True, help="Seconds to wait for results.")
 @click.option("--keep", is_flag=True, help="Keep the temporary folder (logs, spool).")
+@click.option(
+    "--dashboard-port", default=8080, show_default=True, help="Dashboard port (busy: any free)."
+)
+@click.option("--stay", is_flag=True, help="Keep the node and its dashboard up until Ctrl-C.")
 @click.option("-v", "--verbose", count=True)
-def demo(slices: int, timeout: float, keep: bool, verbose: int) -> int:
+def demo(
+    slices: int, timeout: float, keep: bool, dashboard_port: int, stay: bool, verbose: int
+) -> int:
     """Send a synthetic chest CT through the node and show the results from Orthanc."""
     configure_logging(verbose, quiet=not verbose)
     folder = Path(tempfile.mkdtemp(prefix="dicom-node-demo-"))
@@ -154,6 +182,7 @@ def demo(slices: int, timeout: float, keep: bool, verbose: int) -> int:
     pipelines_dir = Path("config/pipelines").resolve()
     if not pipelines_dir.is_dir():
         raise click.ClickException("run the demo from the repository root (config/pipelines)")
+    password = secrets.token_urlsafe(9)  # a fresh one per demo, printed below
     try:
         with contextlib.ExitStack() as stack:
             broker_url = stack.enter_context(_broker(folder))
@@ -170,6 +199,7 @@ def demo(slices: int, timeout: float, keep: bool, verbose: int) -> int:
                     "backoff_initial_s": 2,
                 },
                 "job_poll_seconds": 0.5,
+                "web": _demo_web(dashboard_port, password),
             }  # fmt: skip
             config_path = folder / "node.yaml"
             config_path.write_text(yaml.safe_dump(config))
@@ -179,6 +209,8 @@ def demo(slices: int, timeout: float, keep: bool, verbose: int) -> int:
             handle = node.start()
             stack.callback(node.stop)
             click.echo(f"node: receiving as DICOM_NODE on 127.0.0.1:{handle.port}")
+            if node.web is not None:
+                click.echo(f"dashboard: {node.web.url}  (log in as admin, password {password})")
             stack.enter_context(_worker(config_path, folder / "worker.log"))
             click.echo(f"worker: started (log {folder / 'worker.log'})")
 
@@ -223,6 +255,10 @@ def demo(slices: int, timeout: float, keep: bool, verbose: int) -> int:
                 click.echo(f"FAILED: a volume is off by more than {_TOLERANCE:.0%}")
                 return 1
             click.echo("demo ok")
+            if stay and node.web is not None:
+                click.echo(f"dashboard stays up at {node.web.url}; Ctrl-C stops everything")
+                with contextlib.suppress(KeyboardInterrupt):
+                    threading.Event().wait()
             return 0
     finally:
         if keep:

@@ -24,6 +24,10 @@ def serve(config: Path | None, verbose: int, quiet: bool, port: int | None) -> i
     """Run the node until SIGTERM or SIGINT."""
     configure_logging(verbose, quiet)
     settings = build_settings(config)
+    if settings.web.log_format == "json":
+        from dicom_node.web.jsonlog import use_json_logs
+
+        use_json_logs()
     if port is not None:
         settings.scp.port = port
     try:
@@ -41,6 +45,8 @@ def serve(config: Path | None, verbose: int, quiet: bool, port: int | None) -> i
     handle = node.start()
     # A line on stdout tells a supervisor (or a test) the port actually bound.
     click.echo(f"listening {handle.host}:{handle.port}", nl=True)
+    if node.web is not None:
+        click.echo(f"dashboard {node.web.url}", nl=True)
     try:
         while not stop.wait(5.0):
             node.check()

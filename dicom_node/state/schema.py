@@ -119,7 +119,7 @@ class Instance(Base):
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
     size: Mapped[int] = mapped_column(Integer)
-    received_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    received_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, index=True)
     association_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 

@@ -46,10 +46,13 @@ def test_watermark_refuses_writes(tmp_path: Path) -> None:
     assert not target.exists()
 
 
-def test_stale_temporaries_are_removed_on_start(tmp_path: Path) -> None:
+def test_stale_temporaries_are_removed_only_when_asked(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     (spool.tmp_dir / "half.part").write_bytes(b"partial")
+    # A second Spool (a CLI command, another receiver) must not touch in-flight writes.
     Spool(tmp_path / "spool")
+    assert [p.name for p in spool.tmp_dir.iterdir()] == ["half.part"]
+    assert spool.remove_stale_temporaries() == 1
     assert list(spool.tmp_dir.iterdir()) == []
 
 

@@ -1,0 +1,1 @@
+"""One router per resource; each module holds its REST routes and its pages."""
