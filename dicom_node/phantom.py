@@ -300,11 +300,13 @@ class ChestPhantom:
             ds.SeriesNumber = 2
             ds.InstanceNumber = k + 1
             ds.AcquisitionNumber = 1
-            ds.ImagePositionPatient = [ox, oy, oz + k * self.slice_thickness_mm]
+            # DS holds at most 16 characters: round, or 0.7 * 256 prints 17 digits.
+            z = round(oz + k * self.slice_thickness_mm, 4)
+            ds.ImagePositionPatient = [round(ox, 4), round(oy, 4), z]
             ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
             ds.FrameOfReferenceUID = for_uid
             ds.PositionReferenceIndicator = ""
-            ds.SliceLocation = oz + k * self.slice_thickness_mm
+            ds.SliceLocation = z
             ds.SamplesPerPixel = 1
             ds.PhotometricInterpretation = "MONOCHROME2"
             ds.Rows = self.size

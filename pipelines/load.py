@@ -7,6 +7,13 @@ where each file's Pixel Data element starts, which lets
 :func:`pipelines.volume.to_volume` read uncompressed pixels with one seek
 instead of parsing the file a second time.
 
+A series is a list of frames, each with its own geometry: one per file for
+single-frame images (CT, MR, PET), one per frame for Enhanced multi-frame
+images (Enhanced CT/MR, PS3.3 C.7.6.16), whose positions, orientations,
+spacings and rescale values live in the Shared and Per-frame Functional Groups.
+:func:`scan_headers` and :func:`group_by_series` let a caller look at a folder
+of mixed files first and decode only the series a pipeline selected.
+
 Nothing here logs patient data: messages and refusal reasons name inputs by
 their position ("input 3 of 120"), never by path or header value.
 """
@@ -32,23 +39,28 @@ from pydicom.uid import (
 
 from pipelines.errors import InconsistentGeometry, PipelineError, UnsupportedInput
 
-__all__ = ["NATIVE_TRANSFER_SYNTAXES", "Series", "SeriesFile", "load_series"]
+__all__ = [
+    "NATIVE_TRANSFER_SYNTAXES",
+    "Series",
+    "SeriesFile",
+    "SeriesFrame",
+    "group_by_series",
+    "load_series",
+    "read_header",
+    "scan_headers",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Uncompressed little-endian transfer syntaxes whose pixels are read without pydicom.
 NATIVE_TRANSFER_SYNTAXES = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
 
-# Attributes without which a slice cannot be placed in a volume or referenced by a SEG.
-_REQUIRED = (
+# Attributes without which an image cannot be decoded or referenced by a result.
+_REQUIRED_IMAGE = (
     "SOPClassUID",
     "SOPInstanceUID",
     "StudyInstanceUID",
     "SeriesInstanceUID",
-    "FrameOfReferenceUID",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "PixelSpacing",
     "Rows",
     "Columns",
     "BitsAllocated",
@@ -57,6 +69,8 @@ _REQUIRED = (
     "SamplesPerPixel",
     "PhotometricInterpretation",
 )
+# ... and, for a slice of a volume, what places it in space (single-frame images).
+_REQUIRED_GEOMETRY = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient")
 
 _PIXEL_DATA_LE = struct.pack("<HH", 0x7FE0, 0x0010)
 _PIXEL_DATA_BE = struct.pack(">HH", 0x7FE0, 0x0010)
@@ -81,10 +95,51 @@ class SeriesFile:
     header: Dataset
     pixel_offset: int | None
 
+    @property
+    def number_of_frames(self) -> int:
+        """Number of Frames (1 for a single-frame image)."""
+        return int(self.header.get("NumberOfFrames", 1) or 1)
+
+    @property
+    def is_multiframe(self) -> bool:
+        """Whether the file holds several frames or per-frame functional groups."""
+        return self.number_of_frames > 1 or "PerFrameFunctionalGroupsSequence" in self.header
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesFrame:
+    """One 2-D frame of a series and where it lies in the patient.
+
+    Attributes
+    ----------
+    file_index : int
+        Index of its file in :attr:`Series.files`.
+    frame_number : int or None
+        1-based frame number inside a multi-frame file; None for a single-frame file.
+    position : tuple[float, float, float]
+        Image Position (Patient) of its first pixel, LPS mm.
+    orientation : tuple[float, ...]
+        Image Orientation (Patient): row, then column direction cosines.
+    pixel_spacing : tuple[float, float]
+        Pixel Spacing: between rows, then between columns (mm).
+    slope : float
+        Rescale Slope.
+    intercept : float
+        Rescale Intercept.
+    """
+
+    file_index: int
+    frame_number: int | None
+    position: tuple[float, float, float]
+    orientation: tuple[float, ...]
+    pixel_spacing: tuple[float, float]
+    slope: float
+    intercept: float
+
 
 @dataclass(frozen=True, slots=True)
 class Series:
-    """The headers of one series, checked to be single-frame images of one size.
+    """The headers of one series, checked to be grayscale images of one size.
 
     Attributes
     ----------
@@ -96,17 +151,65 @@ class Series:
         Frame of Reference UID shared by every slice.
     files : tuple[SeriesFile, ...]
         The inputs, in the order given (not yet sorted in space).
+    frames : tuple[SeriesFrame, ...]
+        Every frame of every file, in input order (not yet sorted in space).
     """
 
     study_uid: str
     series_uid: str
     frame_of_reference_uid: str
     files: tuple[SeriesFile, ...]
+    frames: tuple[SeriesFrame, ...] = ()
 
     @property
     def headers(self) -> tuple[Dataset, ...]:
         """The headers, in input order."""
         return tuple(f.header for f in self.files)
+
+
+def scan_headers(paths: Sequence[Path]) -> tuple[SeriesFile, ...]:
+    """Read the headers of image files without their pixel data.
+
+    Parameters
+    ----------
+    paths : Sequence[pathlib.Path]
+        DICOM files of any series, in any order.
+
+    Returns
+    -------
+    tuple[SeriesFile, ...]
+        Headers and Pixel Data offsets, in input order.
+
+    Raises
+    ------
+    UnsupportedInput
+        If a file is not DICOM, has no Pixel Data, lacks an attribute every
+        image needs, is colour, or uses a transfer syntax no installed decoder
+        handles.
+    PipelineError
+        If a file is missing.
+    """
+    total = len(paths)
+    return tuple(read_header(Path(p), index, total) for index, p in enumerate(paths))
+
+
+def group_by_series(files: Sequence[SeriesFile]) -> dict[str, tuple[SeriesFile, ...]]:
+    """Group scanned files by Series Instance UID, keeping their order.
+
+    Parameters
+    ----------
+    files : Sequence[SeriesFile]
+        The output of :func:`scan_headers`.
+
+    Returns
+    -------
+    dict[str, tuple[SeriesFile, ...]]
+        Series Instance UID to its files, in order of first appearance.
+    """
+    groups: dict[str, list[SeriesFile]] = {}
+    for item in files:
+        groups.setdefault(str(item.header.SeriesInstanceUID), []).append(item)
+    return {uid: tuple(items) for uid, items in groups.items()}
 
 
 def load_series(paths: Sequence[Path]) -> Series:
@@ -120,14 +223,15 @@ def load_series(paths: Sequence[Path]) -> Series:
     Returns
     -------
     Series
-        Headers and Pixel Data offsets, in input order.
+        Headers, Pixel Data offsets and the geometry of every frame, in input order.
 
     Raises
     ------
     UnsupportedInput
         If there is no input, a file is not DICOM, lacks an attribute a volume
-        needs, has no Pixel Data, is multi-frame or colour, uses a transfer syntax
-        that cannot be decoded, or the files belong to more than one series.
+        needs, has no Pixel Data, is colour, uses a transfer syntax that cannot be
+        decoded, is a multi-frame image without per-frame plane positions, or the
+        files belong to more than one series.
     InconsistentGeometry
         If the slices differ in size or frame of reference.
     PipelineError
@@ -136,8 +240,13 @@ def load_series(paths: Sequence[Path]) -> Series:
     if not paths:
         raise UnsupportedInput("the job has no input files")
     total = len(paths)
-    files = tuple(_read_header(Path(p), index, total) for index, p in enumerate(paths))
+    files = scan_headers(paths)
     headers = [f.header for f in files]
+    for index, header in enumerate(headers):
+        where = f"input {index + 1} of {total}"
+        for keyword in _REQUIRED_GEOMETRY:
+            if keyword == "FrameOfReferenceUID" or not files[index].is_multiframe:
+                _require(header, keyword, where)
 
     series_uids = {str(h.SeriesInstanceUID) for h in headers}
     if len(series_uids) != 1:
@@ -157,18 +266,142 @@ def load_series(paths: Sequence[Path]) -> Series:
         listed = ", ".join(f"{r}x{c}" for r, c in sorted(sizes))
         raise InconsistentGeometry(f"the slices differ in size ({listed})")
 
+    frames: list[SeriesFrame] = []
+    for index, item in enumerate(files):
+        where = f"input {index + 1} of {total}"
+        if item.is_multiframe:
+            frames.extend(_multiframe_geometry(item, index, where))
+        else:
+            frames.append(_single_frame_geometry(item.header, index, where))
+
     first = headers[0]
-    logger.debug("read %d headers", total)
+    logger.debug("read %d headers, %d frames", total, len(frames))
     return Series(
         study_uid=str(first.StudyInstanceUID),
         series_uid=str(first.SeriesInstanceUID),
         frame_of_reference_uid=frames_of_reference.pop(),
         files=files,
+        frames=tuple(frames),
     )
 
 
-def _read_header(path: Path, index: int, total: int) -> SeriesFile:
-    """Read one file's header, find its Pixel Data and check the attributes."""
+def _require(header: Dataset, keyword: str, where: str) -> None:
+    if keyword not in header or header[keyword].value in (None, ""):
+        raise UnsupportedInput(f"{where} lacks {keyword}")
+
+
+def _floats(value: object, count: int, what: str, where: str) -> tuple[float, ...]:
+    """Read a multi-valued DS as floats, refusing the wrong number of values."""
+    try:
+        values = tuple(float(v) for v in value)  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedInput(f"{where} has a malformed {what}") from exc
+    if len(values) != count:
+        raise UnsupportedInput(f"{where} has a malformed {what}")
+    return values
+
+
+def _single_frame_geometry(header: Dataset, index: int, where: str) -> SeriesFrame:
+    if "PixelSpacing" not in header:
+        raise UnsupportedInput(f"{where} lacks PixelSpacing")
+    position = _floats(header.ImagePositionPatient, 3, "Image Position (Patient)", where)
+    return SeriesFrame(
+        file_index=index,
+        frame_number=None,
+        position=(position[0], position[1], position[2]),
+        orientation=_floats(
+            header.ImageOrientationPatient, 6, "Image Orientation (Patient)", where
+        ),
+        pixel_spacing=_spacing(header.PixelSpacing, where),
+        slope=float(header.get("RescaleSlope", 1.0) or 1.0),
+        intercept=float(header.get("RescaleIntercept", 0.0) or 0.0),
+    )
+
+
+def _spacing(value: object, where: str) -> tuple[float, float]:
+    row, column = _floats(value, 2, "Pixel Spacing", where)
+    return (row, column)
+
+
+def _group(item: Dataset | None, sequence: str) -> Dataset | None:
+    """The single item of a functional group macro, or None when absent."""
+    if item is None or sequence not in item or not item[sequence].value:
+        return None
+    found: Dataset = item[sequence].value[0]
+    return found
+
+
+def _multiframe_geometry(item: SeriesFile, index: int, where: str) -> list[SeriesFrame]:
+    """Per-frame geometry from the Shared and Per-frame Functional Groups (PS3.3 C.7.6.16)."""
+    header = item.header
+    count = item.number_of_frames
+    per_frame = list(header.get("PerFrameFunctionalGroupsSequence", []))
+    if len(per_frame) != count:
+        raise UnsupportedInput(
+            f"{where} is a multi-frame image without per-frame functional groups "
+            f"({len(per_frame)} for {count} frames), so its frames cannot be placed in space"
+        )
+    shared_items = header.get("SharedFunctionalGroupsSequence", [])
+    shared: Dataset | None = shared_items[0] if shared_items else None
+    frames: list[SeriesFrame] = []
+    for number, groups in enumerate(per_frame, start=1):
+
+        def find(sequence: str, groups: Dataset = groups) -> Dataset | None:
+            return _group(groups, sequence) or _group(shared, sequence)
+
+        plane = find("PlanePositionSequence")
+        orientation = find("PlaneOrientationSequence")
+        measures = find("PixelMeasuresSequence")
+        if plane is None or "ImagePositionPatient" not in plane:
+            raise UnsupportedInput(f"{where}: frame {number} has no Plane Position (Patient)")
+        if orientation is None or "ImageOrientationPatient" not in orientation:
+            raise UnsupportedInput(f"{where}: frame {number} has no Plane Orientation (Patient)")
+        if measures is None or "PixelSpacing" not in measures:
+            raise UnsupportedInput(f"{where}: frame {number} has no Pixel Measures")
+        transform = find("PixelValueTransformationSequence") or header
+        position = _floats(plane.ImagePositionPatient, 3, "Image Position (Patient)", where)
+        frames.append(
+            SeriesFrame(
+                file_index=index,
+                frame_number=number,
+                position=(position[0], position[1], position[2]),
+                orientation=_floats(
+                    orientation.ImageOrientationPatient, 6, "Image Orientation (Patient)", where
+                ),
+                pixel_spacing=_spacing(measures.PixelSpacing, where),
+                slope=float(transform.get("RescaleSlope", 1.0) or 1.0),
+                intercept=float(transform.get("RescaleIntercept", 0.0) or 0.0),
+            )
+        )
+    return frames
+
+
+def read_header(path: Path, index: int, total: int) -> SeriesFile:
+    """Read one file's header, find its Pixel Data and check what every image needs.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file.
+    index : int
+        Its position among the inputs (0-based), for the refusal messages.
+    total : int
+        Number of inputs.
+
+    Returns
+    -------
+    SeriesFile
+        The header (without Pixel Data) and where Pixel Data starts.
+
+    Raises
+    ------
+    UnsupportedInput
+        If the file is not DICOM, has no Pixel Data, lacks an image attribute,
+        is colour or uses a Modality LUT Sequence, or no decoder is installed
+        for its transfer syntax.
+    PipelineError
+        If the file is missing.
+    """
     where = f"input {index + 1} of {total}"
     try:
         with path.open("rb") as fh:
@@ -194,19 +427,12 @@ def _read_header(path: Path, index: int, total: int) -> SeriesFile:
             raise UnsupportedInput(f"{where} has no Pixel Data")
         pixel_offset = offset
 
-    for keyword in _REQUIRED:
-        if keyword not in header or header[keyword].value in (None, ""):
-            raise UnsupportedInput(f"{where} lacks {keyword}")
-    if int(header.get("NumberOfFrames", 1) or 1) != 1:
-        raise UnsupportedInput(f"{where} is a multi-frame image; only single-frame is supported")
+    for keyword in _REQUIRED_IMAGE:
+        _require(header, keyword, where)
     if int(header.SamplesPerPixel) != 1:
         raise UnsupportedInput(f"{where} is a colour image; only grayscale is supported")
     if "ModalityLUTSequence" in header:
         raise UnsupportedInput(f"{where} uses a Modality LUT Sequence, which is not supported")
-    if len(header.ImageOrientationPatient) != 6 or len(header.ImagePositionPatient) != 3:
-        raise UnsupportedInput(f"{where} has a malformed Image Position/Orientation (Patient)")
-    if len(header.PixelSpacing) != 2:
-        raise UnsupportedInput(f"{where} has a malformed Pixel Spacing")
     try:
         decoder = get_decoder(transfer_syntax)
     except NotImplementedError as exc:

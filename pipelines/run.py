@@ -1,4 +1,14 @@
-"""Run one pipeline on one series: load, volume, model, writers, files.
+"""Run one pipeline on one series: load, model, writers, files.
+
+Two kinds of pipeline (:class:`pipelines.spec.TaskKind`):
+
+- **segmentation**: the series becomes one volume (:func:`pipelines.load.load_series`,
+  :func:`pipelines.volume.to_volume`); the model gives a mask per label; the
+  writers make a SEG (BINARY or LABELMAP), a TID 1500 SR of volumes and mean
+  values, and optionally a burned-in Secondary Capture series.
+- **classification**: each instance of a projection series (CR, DX, MG) is
+  classified on its own (:func:`pipelines.radiograph.load_radiographs`); one
+  TID 1500 SR holds, per image, the finding and its probability.
 
 This is the function the Celery task calls. It is pure compute plus file
 writes into the job's output folder: no sockets, no state DB, no Celery. It
@@ -25,25 +35,29 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-from pipelines.algorithms import Algorithm, get_builtin
+from pipelines import models
 from pipelines.errors import PipelineConfigError, UnsupportedInput
 from pipelines.load import load_series
 from pipelines.manifest import JobManifest, ManifestStatus, OutputObject
-from pipelines.spec import ModelKind, OutputKind, PipelineSpec
+from pipelines.radiograph import load_radiographs
+from pipelines.spec import OutputKind, PipelineSpec, SegmentationKind, TaskKind
 from pipelines.uids import result_uids
 from pipelines.volume import RegionStats, to_volume
-from pipelines.writers import write_seg, write_sr
+from pipelines.writers import (
+    exclusive_masks,
+    write_classification_sr,
+    write_sc,
+    write_seg,
+    write_sr,
+)
 
 __all__ = ["OUTPUT_FILES", "clear_model_cache", "run_pipeline"]
 
 logger = logging.getLogger(__name__)
 
-#: File name of each output kind inside the job's output folder.
-OUTPUT_FILES = {OutputKind.SEG: "seg.dcm", OutputKind.SR: "sr.dcm"}
-
-# Loaded models by (kind, name or path), per process: a worker keeps its models
-# loaded between jobs (a MONAI bundle takes seconds to load).
-_MODELS: dict[tuple[str, str], Algorithm] = {}
+#: File name of each output kind inside the job's output folder (SC: one per image,
+#: ``sc-0001.dcm``, ...).
+OUTPUT_FILES = {OutputKind.SEG: "seg.dcm", OutputKind.SR: "sr.dcm", OutputKind.SC: "sc-{:04d}.dcm"}
 
 
 def run_pipeline(
@@ -56,7 +70,7 @@ def run_pipeline(
     spec : PipelineSpec
         The pipeline definition.
     input_paths : Sequence[pathlib.Path]
-        The series' files, one per slice, in any order.
+        The series' files (slices or radiographs), in any order.
     output_dir : pathlib.Path
         The job's output folder; created if missing.
     job_id : int
@@ -65,29 +79,32 @@ def run_pipeline(
     Returns
     -------
     JobManifest
-        Status DONE, the written objects, measurements such as
-        ``"body.volume_ml"`` and ``"body.mean_hu"``, and ``timings_s`` for
-        ``load``, ``infer`` and ``write``.
+        Status DONE, the written objects, measurements (``"body.volume_ml"``,
+        ``"body.mean_hu"`` for a segmentation; ``"nodule.probability"``, the
+        highest over the images, and ``"nodule.probability.<n>"`` per image for a
+        classification) and ``timings_s`` for ``load``, ``infer`` and ``write``.
 
     Raises
     ------
     PipelineConfigError
-        If the model kind is not supported, the built-in algorithm is unknown,
-        the model does not produce a label of the definition, or the definition
-        asks for an SR without a SEG.
+        If the model cannot be loaded or does not produce a label of the
+        definition, or the definition asks for an SR without a SEG.
     UnsupportedInput
-        If the series is not for this pipeline (see :func:`pipelines.load.load_series`),
-        or the model found none of the labels.
+        If the series is not for this pipeline (see :func:`pipelines.load.load_series`
+        and :func:`pipelines.radiograph.load_radiographs`), or a segmentation
+        found none of the labels.
     InconsistentGeometry
         If the slices do not form a volume.
     PipelineError
         For any other deliberate refusal.
     """
-    if OutputKind.SR in spec.outputs and OutputKind.SEG not in spec.outputs:
+    if spec.task is TaskKind.CLASSIFICATION:
+        return _run_classification(spec, input_paths, output_dir, job_id)
+    if OutputKind.SEG not in spec.outputs and set(spec.outputs) & {OutputKind.SR, OutputKind.SC}:
         raise PipelineConfigError(
             f"pipeline {spec.name!r}: output 'sr' references the SEG, so it needs 'seg' too"
         )
-    model = _model(spec)
+    model = models.segmenter(spec)
 
     started = time.perf_counter()
     volume = to_volume(load_series(input_paths))
@@ -99,6 +116,9 @@ def run_pipeline(
         raise PipelineConfigError(
             f"the model of pipeline {spec.name!r} does not produce label(s) {', '.join(missing)}"
         )
+    if spec.segmentation_type == SegmentationKind.LABELMAP:
+        # A label map holds one label per voxel: measure what the SEG will hold.
+        masks = exclusive_masks(spec, masks)
     stats: dict[str, RegionStats] = {
         label.name: volume.measure(masks[label.name]) for label in spec.labels
     }
@@ -106,15 +126,19 @@ def run_pipeline(
         raise UnsupportedInput("the model found none of the pipeline's labels in this series")
     inferred = time.perf_counter()
 
-    uids = result_uids(spec.name, spec.version, (str(ds.SOPInstanceUID) for ds in volume.datasets))
+    uids = result_uids(spec.name, spec.version, (str(ds.SOPInstanceUID) for ds in volume.instances))
     output_dir.mkdir(parents=True, exist_ok=True)
     outputs: list[OutputObject] = []
     if OutputKind.SEG in spec.outputs:
         seg = write_seg(volume, masks, spec, uids)
-        outputs.append(_write(seg, output_dir, OutputKind.SEG))
+        outputs.append(_write(seg, output_dir, OutputKind.SEG, OUTPUT_FILES[OutputKind.SEG]))
         if OutputKind.SR in spec.outputs:
             sr = write_sr(volume, masks, seg, spec, uids, stats)
-            outputs.append(_write(sr, output_dir, OutputKind.SR))
+            outputs.append(_write(sr, output_dir, OutputKind.SR, OUTPUT_FILES[OutputKind.SR]))
+        if OutputKind.SC in spec.outputs:
+            for number, image in enumerate(write_sc(volume, masks, spec, uids), start=1):
+                name = OUTPUT_FILES[OutputKind.SC].format(number)
+                outputs.append(_write(image, output_dir, OutputKind.SC, name))
     written = time.perf_counter()
 
     timings = {
@@ -141,27 +165,49 @@ def run_pipeline(
     )
 
 
+def _run_classification(
+    spec: PipelineSpec, input_paths: Sequence[Path], output_dir: Path, job_id: int
+) -> JobManifest:
+    """Classify each radiograph of the series and write one SR."""
+    classify = models.classifier(spec)
+    started = time.perf_counter()
+    images = load_radiographs(input_paths)
+    loaded = time.perf_counter()
+    probabilities = [classify(image) for image in images]
+    inferred = time.perf_counter()
+    uids = result_uids(spec.name, spec.version, (str(i.header.SOPInstanceUID) for i in images))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    sr = write_classification_sr(images, probabilities, spec, uids)
+    outputs = [_write(sr, output_dir, OutputKind.SR, OUTPUT_FILES[OutputKind.SR])]
+    written = time.perf_counter()
+    measurements: dict[str, float] = {}
+    for label in spec.labels:
+        values = [p[label.name] for p in probabilities]
+        measurements[f"{label.name}.probability"] = max(values)
+        for number, value in enumerate(values, start=1):
+            measurements[f"{label.name}.probability.{number}"] = value
+    timings = {"load": loaded - started, "infer": inferred - loaded, "write": written - inferred}
+    logger.info(
+        "job=%d pipeline=%s images=%d load=%.3fs infer=%.3fs write=%.3fs",
+        job_id,
+        spec.name,
+        len(images),
+        timings["load"],
+        timings["infer"],
+        timings["write"],
+    )
+    return JobManifest(
+        job_id=job_id,
+        status=ManifestStatus.DONE,
+        outputs=outputs,
+        measurements=measurements,
+        timings_s=timings,
+    )
+
+
 def clear_model_cache() -> None:
     """Forget every loaded model (tests; a worker keeps them for its lifetime)."""
-    _MODELS.clear()
-
-
-def _model(spec: PipelineSpec) -> Algorithm:
-    """Return the pipeline's model, loading it once per process."""
-    source = spec.model
-    if source.kind is not ModelKind.BUILTIN:
-        raise PipelineConfigError(
-            f"pipeline {spec.name!r}: model kind {source.kind.value!r} is not supported by "
-            "this version of dicom-node (only 'builtin')"
-        )
-    if source.name is None:  # PipelineSpec guarantees a name for builtin models.
-        raise PipelineConfigError(f"pipeline {spec.name!r}: builtin model without a name")
-    key = (source.kind.value, source.name)
-    model = _MODELS.get(key)
-    if model is None:
-        model = get_builtin(source.name)
-        _MODELS[key] = model
-    return model
+    models.clear_model_cache()
 
 
 def _flatten(stats: dict[str, RegionStats]) -> dict[str, float]:
@@ -174,9 +220,8 @@ def _flatten(stats: dict[str, RegionStats]) -> dict[str, float]:
     return flat
 
 
-def _write(dataset: Dataset, folder: Path, kind: OutputKind) -> OutputObject:
+def _write(dataset: Dataset, folder: Path, kind: OutputKind, name: str) -> OutputObject:
     """Write a dataset atomically into ``folder`` and describe it for the manifest."""
-    name = OUTPUT_FILES[kind]
     fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pipelines.errors import PipelineConfigError
 
 __all__ = [
+    "Activation",
     "AlgorithmSpec",
     "CodeSpec",
     "ConditionValue",
@@ -42,9 +43,12 @@ __all__ = [
     "ModelSpec",
     "OutputKind",
     "PipelineSpec",
+    "PreprocessingSpec",
+    "SegmentationKind",
     "SelectionMode",
     "SelectionRule",
     "SelectionSpec",
+    "TaskKind",
     "load_pipeline_specs",
 ]
 
@@ -61,6 +65,32 @@ class OutputKind(StrEnum):
 
     SEG = "seg"
     SR = "sr"
+    #: Burned-in overlay of the segments on copies of the source slices (Secondary Capture).
+    SC = "sc"
+
+
+class TaskKind(StrEnum):
+    """What the model does: label voxels of a volume, or classify each image."""
+
+    #: A 3-D series becomes a volume; the model returns one mask per label (SEG, SR, SC).
+    SEGMENTATION = "segmentation"
+    #: Each projection radiograph (CR, DX, MG) is classified on its own (SR only).
+    CLASSIFICATION = "classification"
+
+
+class SegmentationKind(StrEnum):
+    """Segmentation Type of the SEG (PS3.3 C.8.20.2): one frame per segment, or a label map."""
+
+    BINARY = "binary"
+    LABELMAP = "labelmap"
+
+
+class Activation(StrEnum):
+    """What turns a TorchScript model's raw output into probabilities."""
+
+    SOFTMAX = "softmax"
+    SIGMOID = "sigmoid"
+    NONE = "none"
 
 
 class ModelKind(StrEnum):
@@ -101,6 +131,12 @@ class LabelSpec(_Strict):
     color: tuple[int, int, int] | None = Field(
         default=None, description="Recommended display colour as RGB 0-255."
     )
+    threshold: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Classification only: the probability from which the finding is present.",
+    )
 
 
 class AlgorithmSpec(_Strict):
@@ -113,12 +149,71 @@ class AlgorithmSpec(_Strict):
     )
 
 
+class PreprocessingSpec(_Strict):
+    """The declared preprocessing of a TorchScript model (a bundle brings its own).
+
+    The steps run in this order on the channel-first image of
+    :meth:`pipelines.volume.Volume.to_metatensor` (or the radiograph's): resize
+    to ``spatial_size`` (area interpolation), clip and scale ``intensity_range``
+    or the ``percentiles`` range to [0, 1], z-score if ``normalize``. The output
+    is resized back to the input's size (nearest neighbour) and ``activation``
+    turns it into probabilities.
+    """
+
+    spatial_size: list[int] | None = Field(
+        default=None, description="Resize the input to this size (2 or 3 values)."
+    )
+    intensity_range: tuple[float, float] | None = Field(
+        default=None, description="[low, high]: clip to it and scale to [0, 1]."
+    )
+    percentiles: tuple[float, float] | None = Field(
+        default=None,
+        description="[low, high] percentiles (0-100) of the image: clip to them, scale to [0, 1].",
+    )
+    normalize: bool = Field(default=False, description="Z-score the intensities (after scaling).")
+    activation: Activation = Field(
+        default=Activation.SOFTMAX, description="softmax, sigmoid or none, over the channels."
+    )
+
+    @field_validator("spatial_size")
+    @classmethod
+    def _check_size(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) not in (2, 3) or min(value) < 1):
+            raise ValueError(f"spatial_size must hold 2 or 3 positive sizes, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> PreprocessingSpec:
+        if self.intensity_range is not None and self.percentiles is not None:
+            raise ValueError("give intensity_range or percentiles, not both")
+        for name, pair in (
+            ("intensity_range", self.intensity_range),
+            ("percentiles", self.percentiles),
+        ):
+            if pair is not None and not pair[0] < pair[1]:
+                raise ValueError(f"{name} must be [low, high] with low < high, got {list(pair)}")
+        if (
+            self.percentiles is not None
+            and not 0 <= self.percentiles[0] < self.percentiles[1] <= 100
+        ):
+            raise ValueError(f"percentiles must lie in [0, 100], got {list(self.percentiles)}")
+        return self
+
+
 class ModelSpec(_Strict):
-    """The model: a built-in algorithm, a MONAI bundle directory or a TorchScript file."""
+    """The model: a built-in algorithm, a MONAI bundle directory or a TorchScript file.
+
+    A relative ``path`` is taken from the folder of the pipeline YAML that names
+    it (:func:`load_pipeline_specs` resolves it), so a definition and its model
+    can travel together.
+    """
 
     kind: ModelKind = Field(description="builtin, bundle or torchscript.")
     name: str | None = Field(default=None, description="Name of a built-in algorithm.")
     path: Path | None = Field(default=None, description="Bundle directory or TorchScript file.")
+    preprocessing: PreprocessingSpec | None = Field(
+        default=None, description="TorchScript only: the preprocessing the model expects."
+    )
 
     @model_validator(mode="after")
     def _check_source(self) -> ModelSpec:
@@ -126,6 +221,12 @@ class ModelSpec(_Strict):
             raise ValueError("model.name is required when model.kind is 'builtin'")
         if self.kind is not ModelKind.BUILTIN and self.path is None:
             raise ValueError(f"model.path is required when model.kind is '{self.kind}'")
+        if self.kind is ModelKind.TORCHSCRIPT and self.preprocessing is None:
+            raise ValueError("model.preprocessing is required when model.kind is 'torchscript'")
+        if self.kind is not ModelKind.TORCHSCRIPT and self.preprocessing is not None:
+            raise ValueError(
+                f"model.preprocessing is only for 'torchscript' (a {self.kind} brings its own)"
+            )
         return self
 
 
@@ -167,11 +268,19 @@ class PipelineSpec(_Strict):
     description: str = Field(default="", description="What the pipeline does, for the admin.")
     enabled: bool = Field(default=True, description="Disabled pipelines are never routed.")
     queue: Literal["cpu", "gpu"] = Field(default="cpu", description="Celery queue.")
+    task: TaskKind = Field(
+        default=TaskKind.SEGMENTATION, description="segmentation or classification."
+    )
     selection: SelectionSpec = Field(description="Series selection rules.")
     model: ModelSpec = Field(description="Model source.")
     labels: list[LabelSpec] = Field(min_length=1, description="Output labels.")
     outputs: list[OutputKind] = Field(
         default=[OutputKind.SEG, OutputKind.SR], description="Objects to write."
+    )
+    segmentation_type: SegmentationKind = Field(
+        default=SegmentationKind.BINARY,
+        description="binary (segments may overlap) or labelmap (where they overlap, the later "
+        "label wins).",
     )
     algorithm: AlgorithmSpec = Field(default=AlgorithmSpec(), description="Identification.")
     series_description: str = Field(
@@ -198,6 +307,13 @@ class PipelineSpec(_Strict):
             raise ValueError(f"label names must be unique, got {names}")
         if self.time_limit_s <= self.soft_time_limit_s:
             raise ValueError("time_limit_s must be greater than soft_time_limit_s")
+        if self.task is TaskKind.CLASSIFICATION:
+            if self.outputs != [OutputKind.SR]:
+                raise ValueError("a classification pipeline writes exactly outputs: [sr]")
+            if self.model.kind is ModelKind.BUILTIN:
+                raise ValueError("a classification pipeline needs a bundle or torchscript model")
+        elif OutputKind.SEG not in self.outputs:
+            raise ValueError("a segmentation pipeline's SR and SC refer to its SEG: add 'seg'")
         return self
 
     @property
@@ -233,6 +349,11 @@ def load_pipeline_specs(directory: Path) -> dict[str, PipelineSpec]:
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
             spec = PipelineSpec.model_validate(raw)
+            model_path = spec.model.path
+            if model_path is not None and not model_path.is_absolute():
+                # Relative to the definition, so config and models can move together.
+                model = spec.model.model_copy(update={"path": (path.parent / model_path).resolve()})
+                spec = spec.model_copy(update={"model": model})
         except (yaml.YAMLError, ValueError) as exc:
             raise PipelineConfigError(f"{path.name}: {exc}") from exc
         if spec.name in specs:

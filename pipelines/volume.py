@@ -20,6 +20,7 @@ Nothing here logs patient data; only counts and timings.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -27,16 +28,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import pydicom
 from pydicom.dataset import Dataset
 
 from pipelines.errors import InconsistentGeometry, PipelineError, UnsupportedInput
-from pipelines.load import NATIVE_TRANSFER_SYNTAXES, Series, SeriesFile
+from pipelines.load import Series, SeriesFrame
+from pipelines.pixels import decode_with_pydicom, read_native
 
 if TYPE_CHECKING:
     from monai.data.meta_tensor import MetaTensor
 
-__all__ = ["RegionStats", "TensorLayout", "Volume", "to_volume"]
+__all__ = ["MAX_TILT_DEG", "RegionStats", "TensorLayout", "Volume", "to_volume"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ ORIENTATION_TOLERANCE = 1e-3
 SPACING_TOLERANCE = 0.10
 #: Steps shorter than this (mm) mean two slices share a position.
 DUPLICATE_TOLERANCE_MM = 1e-2
+#: Largest angle (degrees) between the step from slice to slice and the slice normal;
+#: beyond it the stack is sheared (gantry tilt) and is refused.
+MAX_TILT_DEG = 0.5
 
 # Index order (column, row, slice) of MONAI's layout -> our (slice, row, column).
 _MONAI_TO_OURS = np.array(
@@ -97,13 +101,31 @@ class Volume:
         ``(slice, row, column)`` spacing in mm; the slice spacing is the median
         distance between neighbouring slices along the normal.
     datasets : tuple[pydicom.dataset.Dataset, ...]
-        The source headers (no Pixel Data), in the same order as the slices.
+        The source header (no Pixel Data) of each slice, in the same order as the
+        slices. The slices of a multi-frame image share one header.
+    frame_numbers : tuple[int or None, ...]
+        1-based frame number of each slice inside its multi-frame source image,
+        or None for single-frame sources. Empty means all None.
     """
 
     array: npt.NDArray[np.float32]
     affine: npt.NDArray[np.float64]
     spacing: tuple[float, float, float]
     datasets: tuple[Dataset, ...]
+    frame_numbers: tuple[int | None, ...] = ()
+
+    @property
+    def instances(self) -> tuple[Dataset, ...]:
+        """The distinct source instances, in order of their first slice."""
+        seen: dict[str, Dataset] = {}
+        for dataset in self.datasets:
+            seen.setdefault(str(dataset.SOPInstanceUID), dataset)
+        return tuple(seen.values())
+
+    @property
+    def is_multiframe(self) -> bool:
+        """Whether the slices are frames of multi-frame source images."""
+        return any(number is not None for number in self.frame_numbers)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -246,23 +268,24 @@ def to_volume(series: Series) -> Volume:
     Raises
     ------
     UnsupportedInput
-        If the series has fewer than two slices.
+        If the series has fewer than two slices, or its slices are sheared by a
+        gantry tilt of more than :data:`MAX_TILT_DEG` (the volume would need
+        resampling, which would change the geometry the results refer to).
     InconsistentGeometry
         If the slices have different orientations or pixel spacings, two slices
         share a position, a step between slices deviates more than 10 % from the
         median step (a missing slice), or the positions do not lie on a line.
     PipelineError
-        If a file's pixel data cannot be decoded.
+        If a file's pixel data cannot be decoded, or decodes to nothing but zeros
+        although the header does not say the image is blank.
     """
     started = time.perf_counter()
-    files = series.files
-    count = len(files)
+    frames = series.frames
+    count = len(frames)
     if count < 2:
         raise UnsupportedInput(f"a volume needs at least 2 slices, the series has {count}")
 
-    orientations = np.array(
-        [[float(v) for v in f.header.ImageOrientationPatient] for f in files], dtype=np.float64
-    )
+    orientations = np.array([f.orientation for f in frames], dtype=np.float64)
     differs = np.any(np.abs(orientations - orientations[0]) > ORIENTATION_TOLERANCE, axis=1)
     if np.any(differs):
         kinds = len({tuple(np.round(o, 3)) for o in orientations})
@@ -277,16 +300,14 @@ def to_volume(series: Series) -> Volume:
         raise InconsistentGeometry("Image Orientation (Patient) rows and columns are parallel")
     normal /= np.linalg.norm(normal)
 
-    spacings = np.array([[float(v) for v in f.header.PixelSpacing] for f in files])
+    spacings = np.array([f.pixel_spacing for f in frames], dtype=np.float64)
     if np.any(np.abs(spacings - spacings[0]) > 1e-3 * spacings[0]):
         raise InconsistentGeometry("the slices differ in Pixel Spacing")
     row_spacing, column_spacing = (float(v) for v in spacings[0])
     if row_spacing <= 0 or column_spacing <= 0:
         raise InconsistentGeometry("Pixel Spacing must be positive")
 
-    positions = np.array(
-        [[float(v) for v in f.header.ImagePositionPatient] for f in files], dtype=np.float64
-    )
+    positions = np.array([f.position for f in frames], dtype=np.float64)
     distances = positions @ normal
     order = np.argsort(distances, kind="stable")
     positions = positions[order]
@@ -306,13 +327,22 @@ def to_volume(series: Series) -> Volume:
             f"{SPACING_TOLERANCE:.0%} from the median {median_step:.3g} mm "
             f"(e.g. {largest:.3g} mm; a slice is missing or the series is mixed)"
         )
-    # A tilted gantry shears the stack; that is fine as long as the positions lie on a line.
     step_vector = (positions[-1] - positions[0]) / (count - 1)
     expected = positions[0] + np.arange(count)[:, np.newaxis] * step_vector
     off_line = float(np.max(np.linalg.norm(positions - expected, axis=1)))
     if off_line > SPACING_TOLERANCE * median_step:
         raise InconsistentGeometry(
             f"slice positions do not lie on a line (off by up to {off_line:.3g} mm)"
+        )
+    # A tilted gantry shears the stack: the step between slices leaves the normal.
+    tilt = math.degrees(
+        math.acos(min(1.0, abs(float(step_vector @ normal)) / float(np.linalg.norm(step_vector))))
+    )
+    if tilt > MAX_TILT_DEG:
+        raise UnsupportedInput(
+            f"the slices are sheared by a gantry tilt of {tilt:.1f} degrees; a volume of "
+            "tilted slices is not supported (resampling would move the results off the "
+            "source slices)"
         )
 
     affine = np.eye(4, dtype=np.float64)
@@ -321,8 +351,8 @@ def to_volume(series: Series) -> Volume:
     affine[:3, 2] = row_cosines * column_spacing  # along a row
     affine[:3, 3] = positions[0]
 
-    sorted_files = [files[i] for i in order]
-    array = _decode(sorted_files)
+    sorted_frames = [frames[i] for i in order]
+    array = _decode(series, sorted_frames)
     logger.info(
         "volume slices=%d rows=%d columns=%d seconds=%.3f",
         count,
@@ -334,87 +364,52 @@ def to_volume(series: Series) -> Volume:
         array=array,
         affine=affine,
         spacing=(median_step, row_spacing, column_spacing),
-        datasets=tuple(f.header for f in sorted_files),
+        datasets=tuple(series.files[f.file_index].header for f in sorted_frames),
+        frame_numbers=tuple(f.frame_number for f in sorted_frames),
     )
 
 
-def _decode(files: list[SeriesFile]) -> npt.NDArray[np.float32]:
+def _decode(series: Series, frames: list[SeriesFrame]) -> npt.NDArray[np.float32]:
     """Decode every slice into one preallocated float32 array and apply the rescale."""
-    first = files[0].header
+    first = series.files[0].header
     rows, columns = int(first.Rows), int(first.Columns)
-    out = np.empty((len(files), rows, columns), dtype=np.float32)
-    for index, item in enumerate(files):
-        frame: npt.NDArray[np.generic] | None = _read_native(item)
+    total = len(frames)
+    out = np.empty((total, rows, columns), dtype=np.float32)
+    # Multi-frame files that pydicom decodes are decoded once, not once per frame.
+    decoded: dict[int, npt.NDArray[np.generic]] = {}
+    any_nonzero = False
+    for index, geometry in enumerate(frames):
+        item = series.files[geometry.file_index]
+        frame_index = 0 if geometry.frame_number is None else geometry.frame_number - 1
+        frame: npt.NDArray[np.generic] | None = read_native(item, frame_index)
         if frame is None:
-            frame = _read_with_pydicom(item, index, len(files))
+            if geometry.file_index not in decoded:
+                decoded[geometry.file_index] = decode_with_pydicom(
+                    item, f"slice {index + 1} of {total}"
+                )
+            pixels = decoded[geometry.file_index]
+            frame = pixels[frame_index] if item.number_of_frames > 1 else pixels
         if frame.shape != (rows, columns):
             raise PipelineError(
-                f"pixel data of slice {index + 1} of {len(files)} has shape {frame.shape}, "
+                f"pixel data of slice {index + 1} of {total} has shape {frame.shape}, "
                 f"expected {(rows, columns)}"
             )
+        any_nonzero = any_nonzero or bool(np.any(frame))
         target = out[index]
         target[...] = frame
-        slope = float(item.header.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(item.header.get("RescaleIntercept", 0.0) or 0.0)
-        if slope != 1.0:
-            target *= np.float32(slope)
-        if intercept != 0.0:
-            target += np.float32(intercept)
+        if geometry.slope != 1.0:
+            target *= np.float32(geometry.slope)
+        if geometry.intercept != 0.0:
+            target += np.float32(geometry.intercept)
+    if not any_nonzero and not _header_says_blank(first):
+        raise PipelineError(
+            "the pixel data decoded to zeros only, but the header does not say the images "
+            "are blank (a damaged file or a failing decoder)"
+        )
     return out
 
 
-def _read_native(item: SeriesFile) -> npt.NDArray[np.integer] | None:
-    """Read an uncompressed little-endian frame with one seek, or None to use pydicom.
-
-    The element header at the recorded offset is checked (tag, VR, length), so a
-    file that does not look exactly as expected falls back to pydicom.
-    """
-    header = item.header
-    syntax = header.file_meta.TransferSyntaxUID
-    bits_allocated = int(header.BitsAllocated)
-    if item.pixel_offset is None or syntax not in NATIVE_TRANSFER_SYNTAXES:
-        return None
-    if bits_allocated not in (8, 16, 32):
-        return None
-    rows, columns = int(header.Rows), int(header.Columns)
-    expected = rows * columns * (bits_allocated // 8)
-    explicit = syntax == pydicom.uid.ExplicitVRLittleEndian
-    with item.path.open("rb") as fh:
-        fh.seek(item.pixel_offset)
-        head = fh.read(12 if explicit else 8)
-        if len(head) < (12 if explicit else 8) or head[:4] != b"\xe0\x7f\x10\x00":
-            return None
-        if explicit:
-            if head[4:6] not in (b"OW", b"OB"):
-                return None
-            length = int.from_bytes(head[8:12], "little")
-        else:
-            length = int.from_bytes(head[4:8], "little")
-        # An odd-sized 8-bit frame is padded with one byte.
-        if length not in (expected, expected + 1):
-            return None
-        buffer = fh.read(expected)
-    if len(buffer) != expected:
-        return None
-    signed = int(header.PixelRepresentation) == 1
-    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits_allocated // 8}")
-    frame = np.frombuffer(buffer, dtype=dtype).reshape(rows, columns)
-    bits_stored = int(header.BitsStored)
-    if bits_stored < bits_allocated:
-        # Bits above Bits Stored are not pixel data (PS3.5 8.1.1): mask, or sign-extend.
-        shift = bits_allocated - bits_stored
-        mask = dtype.type((1 << bits_stored) - 1)
-        frame = (frame << shift) >> shift if signed else frame & mask
-    return frame
-
-
-def _read_with_pydicom(item: SeriesFile, index: int, total: int) -> npt.NDArray[np.generic]:
-    """Decode a frame through pydicom (compressed, deflated, big-endian, 1-bit)."""
-    try:
-        dataset = pydicom.dcmread(item.path)
-        frame: npt.NDArray[np.generic] = dataset.pixel_array
-    except (ValueError, RuntimeError, NotImplementedError, EOFError, AttributeError) as exc:
-        raise PipelineError(
-            f"pixel data of slice {index + 1} of {total} cannot be decoded"
-        ) from exc
-    return frame
+def _header_says_blank(header: Dataset) -> bool:
+    """Whether the header declares that every stored value is 0 (Largest Image Pixel Value)."""
+    largest = header.get("LargestImagePixelValue")
+    return largest is not None and int(largest) == 0

@@ -44,9 +44,14 @@ def make_celery(settings: Settings) -> Celery:
     )
     register_tasks(app)
     concurrency = settings.worker.concurrency
+    device = settings.worker.device
 
     def _init_pool_process(**_: object) -> None:
         """Set up torch in each pool process (CUDA initialises here, after the fork)."""
+        if device == "cpu":
+            # A CPU worker on a GPU machine (worker.gpus: none) must not take GPU 0:
+            # the model loaders pick "cuda:0" whenever CUDA is visible.
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
         import torch  # the parent never initialises CUDA: forked children could not use it
 
         if torch.cuda.is_available():

@@ -1,7 +1,10 @@
-"""Writers that turn a pipeline's masks and measurements into DICOM datasets.
+"""Writers that turn a pipeline's results into DICOM datasets.
 
-- :func:`write_seg`: BINARY Segmentation, one segment per non-empty label.
+- :func:`write_seg`: Segmentation (BINARY or LABELMAP), one segment per non-empty label.
 - :func:`write_sr`: Comprehensive 3D SR, TID 1500, one TID 1411 group per segment.
+- :func:`write_classification_sr`: Comprehensive 3D SR, TID 1500, one TID 1501
+  group per image and label: the finding with its probability.
+- :func:`write_sc`: burned-in overlays as Secondary Capture images.
 
 Writers return datasets and never write files or choose UIDs themselves: the
 UIDs come from :mod:`pipelines.uids`, the files are written by
@@ -10,7 +13,16 @@ UIDs come from :mod:`pipelines.uids`, the files are written by
 
 from __future__ import annotations
 
-from pipelines.writers.seg import segment_numbers, write_seg
+from pipelines.writers.classification_sr import write_classification_sr
+from pipelines.writers.sc import write_sc
+from pipelines.writers.seg import exclusive_masks, segment_numbers, write_seg
 from pipelines.writers.sr import write_sr
 
-__all__ = ["segment_numbers", "write_seg", "write_sr"]
+__all__ = [
+    "exclusive_masks",
+    "segment_numbers",
+    "write_classification_sr",
+    "write_sc",
+    "write_seg",
+    "write_sr",
+]

@@ -1,10 +1,18 @@
-"""Write a pipeline's masks as a BINARY Segmentation (PS3.3 A.51, C.8.20).
+"""Write a pipeline's masks as a Segmentation (PS3.3 A.51, C.8.20).
 
 One segment per label that has at least one voxel, numbered 1, 2, ... in the
 order of the pipeline's labels (:func:`segment_numbers`; the SR uses the same
-numbers). Segments may overlap: a body segment contains the lung segments,
-which a BINARY SEG allows and a label map does not. Frames that hold no voxel
-of their segment are left out (``omit_empty_frames``).
+numbers). A BINARY SEG (the default) may hold overlapping segments: a body
+segment contains the lung segments. A LABELMAP SEG (``segmentation_type:
+labelmap``, Labelmap Segmentation Storage, Sup 243) stores one label per pixel;
+where masks overlap the later label of the definition wins
+(:func:`exclusive_masks`), and the pipeline measures those exclusive masks so
+that the SR agrees with the SEG. Frames that hold no voxel of their segment
+are left out (``omit_empty_frames``).
+
+The source may be single-frame slices or one Enhanced multi-frame image; for
+the latter the SEG's frames follow the source's frame order, as highdicom
+requires.
 
 Every identity comes from the caller: UIDs from :mod:`pipelines.uids` (never
 ``generate_uid()``), the series description and codes from the pipeline
@@ -30,8 +38,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicom_node import __version__ as node_version
-from pipelines.errors import PipelineConfigError
-from pipelines.spec import CodeSpec, LabelSpec, PipelineSpec
+from pipelines.errors import PipelineConfigError, UnsupportedInput
+from pipelines.spec import CodeSpec, LabelSpec, PipelineSpec, SegmentationKind
 from pipelines.uids import ResultUIDs
 from pipelines.volume import Volume
 
@@ -40,6 +48,7 @@ __all__ = [
     "SEG_SERIES_NUMBER",
     "code",
     "contributing_equipment",
+    "exclusive_masks",
     "segment_numbers",
     "software_versions",
     "tracking_uid",
@@ -148,6 +157,39 @@ def segment_numbers(
     return numbers
 
 
+def exclusive_masks(
+    spec: PipelineSpec, masks: Mapping[str, npt.NDArray[np.bool_]]
+) -> dict[str, npt.NDArray[np.bool_]]:
+    """Masks without overlaps: where several labels claim a voxel, the later label wins.
+
+    Parameters
+    ----------
+    spec : PipelineSpec
+        The pipeline; the order of its labels decides.
+    masks : Mapping[str, numpy.ndarray]
+        Boolean mask per label name.
+
+    Returns
+    -------
+    dict[str, numpy.ndarray]
+        The same names; each voxel is in at most one mask.
+
+    Raises
+    ------
+    PipelineConfigError
+        If a label of the pipeline has no mask.
+    """
+    taken: npt.NDArray[np.bool_] | None = None
+    out: dict[str, npt.NDArray[np.bool_]] = {}
+    for label in reversed(spec.labels):
+        if label.name not in masks:
+            raise PipelineConfigError(f"label {label.name!r} has no mask")
+        mask = masks[label.name]
+        out[label.name] = mask if taken is None else mask & ~taken
+        taken = mask.copy() if taken is None else taken | mask
+    return {label.name: out[label.name] for label in spec.labels}
+
+
 def write_seg(
     volume: Volume,
     masks: Mapping[str, npt.NDArray[np.bool_]],
@@ -174,13 +216,16 @@ def write_seg(
     Returns
     -------
     pydicom.dataset.Dataset
-        A ``highdicom.seg.Segmentation`` (BINARY), not yet written to disk.
+        A ``highdicom.seg.Segmentation`` (BINARY, or LABELMAP as the definition
+        says), not yet written to disk.
 
     Raises
     ------
     PipelineConfigError
         If a label has no mask, or a text from the definition is too long for its
         DICOM attribute.
+    UnsupportedInput
+        If the volume is made of frames of more than one multi-frame image.
     ValueError
         If a mask is not boolean or its shape differs from the volume's, or every
         mask is empty.
@@ -205,15 +250,36 @@ def write_seg(
         _segment_description(labels[name], number, algorithm, uids)
         for name, number in numbers.items()
     ]
-    # (frames, rows, columns, segments), frames in the order of the source headers. The
-    # segment axis is outermost in memory: highdicom's per-segment slices are then
-    # contiguous, and its overlap check (a sum over segments) runs 10x faster.
-    pixels = np.moveaxis(np.stack([masks[name] for name in numbers], axis=0), 0, -1)
+    labelmap = spec.segmentation_type == SegmentationKind.LABELMAP
+    if labelmap:
+        # One label per pixel; the later label wins where masks overlap.
+        painted = np.zeros(volume.shape, dtype=np.uint8)
+        for name, number in numbers.items():
+            painted[masks[name]] = number
+        pixels: npt.NDArray[np.generic] = painted
+    else:
+        # (frames, rows, columns, segments), frames in the order of the source headers. The
+        # segment axis is outermost in memory: highdicom's per-segment slices are then
+        # contiguous, and its overlap check (a sum over segments) runs 10x faster.
+        pixels = np.moveaxis(np.stack([masks[name] for name in numbers], axis=0), 0, -1)
+    sources = list(volume.datasets)
+    if volume.is_multiframe:
+        sources = list(volume.instances)
+        if len(sources) != 1:
+            raise UnsupportedInput(
+                f"a SEG can refer to one multi-frame source image, the volume has {len(sources)}"
+            )
+        # highdicom wants the frames in the source's own frame order.
+        order = np.argsort([number or 0 for number in volume.frame_numbers])
+        pixels = pixels[order]
+    kind = (
+        hd.seg.SegmentationTypeValues.LABELMAP if labelmap else hd.seg.SegmentationTypeValues.BINARY
+    )
 
     seg = hd.seg.Segmentation(
-        source_images=list(volume.datasets),
+        source_images=sources,
         pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=kind,
         segment_descriptions=descriptions,
         series_instance_uid=uids.seg_series,
         series_number=series_number,

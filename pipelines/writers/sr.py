@@ -46,6 +46,7 @@ __all__ = [
     "MILLILITER",
     "SR_SERIES_NUMBER",
     "VOLUME",
+    "observation_context",
     "write_sr",
 ]
 
@@ -133,24 +134,14 @@ def write_sr(
         )
         for name, number in numbers.items()
     ]
-    device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=derive_uid("device", MANUFACTURER, spec.name, spec.version),
-        name=spec.algorithm_name,
-        manufacturer_name=MANUFACTURER,
-        model_name=spec.name,
-    )
-    context = hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device, observer_identifying_attributes=device
-        )
-    )
+    context = observation_context(spec)
     report = hd.sr.MeasurementReport(
         observation_context=context,
         procedure_reported=_PROCEDURES.get(modality, codes.cid100.ImagingProcedure),
         imaging_measurements=groups,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[seg_dataset, *volume.datasets],
+        evidence=[seg_dataset, *volume.instances],
         content=report[0],
         series_instance_uid=uids.sr_series,
         series_number=series_number,
@@ -170,6 +161,32 @@ def write_sr(
     return sr
 
 
+def observation_context(spec: PipelineSpec) -> hd.sr.ObservationContext:
+    """The observer of a report: the pipeline, as a device (TID 1004).
+
+    Parameters
+    ----------
+    spec : PipelineSpec
+        The pipeline.
+
+    Returns
+    -------
+    highdicom.sr.ObservationContext
+        A device observer whose UID is derived from the pipeline's name and version.
+    """
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=derive_uid("device", MANUFACTURER, spec.name, spec.version),
+        name=spec.algorithm_name,
+        manufacturer_name=MANUFACTURER,
+        model_name=spec.name,
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+
+
 def _roi_group(
     *,
     label: LabelSpec,
@@ -184,13 +201,30 @@ def _roi_group(
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     """One TID 1411 group: the segment reference, its tracking identity and measurements."""
     covered = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
-    sources = [
-        hd.sr.SourceImageForSegmentation(
-            referenced_sop_class_uid=str(volume.datasets[i].SOPClassUID),
-            referenced_sop_instance_uid=str(volume.datasets[i].SOPInstanceUID),
-        )
-        for i in covered
-    ]
+    if volume.is_multiframe:
+        # One reference per multi-frame source, naming the frames the segment covers.
+        frames: dict[str, list[int]] = {}
+        for i in covered:
+            frames.setdefault(str(volume.datasets[i].SOPInstanceUID), []).append(
+                int(volume.frame_numbers[i] or 1)
+            )
+        by_uid = {str(ds.SOPInstanceUID): ds for ds in volume.instances}
+        sources = [
+            hd.sr.SourceImageForSegmentation(
+                referenced_sop_class_uid=str(by_uid[uid].SOPClassUID),
+                referenced_sop_instance_uid=uid,
+                referenced_frame_numbers=sorted(numbers),
+            )
+            for uid, numbers in frames.items()
+        ]
+    else:
+        sources = [
+            hd.sr.SourceImageForSegmentation(
+                referenced_sop_class_uid=str(volume.datasets[i].SOPClassUID),
+                referenced_sop_instance_uid=str(volume.datasets[i].SOPInstanceUID),
+            )
+            for i in covered
+        ]
     segment = hd.sr.ReferencedSegment(
         sop_class_uid=str(seg_dataset.SOPClassUID),
         sop_instance_uid=str(seg_dataset.SOPInstanceUID),

@@ -205,7 +205,7 @@ def test_uncompressed_pixels_are_read_without_a_second_parse(
     def no_fallback(*_args: object) -> None:
         raise AssertionError("decoded through pydicom")
 
-    monkeypatch.setattr("pipelines.volume._read_with_pydicom", no_fallback)
+    monkeypatch.setattr("pipelines.volume.decode_with_pydicom", no_fallback)
     volume = to_volume(load_series(paths))
     for k, path in enumerate(paths):
         np.testing.assert_array_equal(volume.array[k], _reference_hu(path))

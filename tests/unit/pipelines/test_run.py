@@ -11,7 +11,15 @@ from dicom_node.phantom import PhantomStudy
 from pipelines.errors import InconsistentGeometry, PipelineConfigError
 from pipelines.manifest import ManifestStatus
 from pipelines.run import run_pipeline
-from pipelines.spec import CodeSpec, LabelSpec, ModelKind, ModelSpec, OutputKind, PipelineSpec
+from pipelines.spec import (
+    CodeSpec,
+    LabelSpec,
+    ModelKind,
+    ModelSpec,
+    OutputKind,
+    PipelineSpec,
+    PreprocessingSpec,
+)
 from tests.unit.pipelines.phantom_series import SENTINEL_NAME, PipelineResult
 
 
@@ -65,19 +73,28 @@ def test_changed_input_set_gives_new_uids(
 
 
 @pytest.mark.parametrize(
-    "model",
+    ("model", "message"),
     [
-        ModelSpec(kind=ModelKind.BUNDLE, path=Path("/models/spleen")),
-        ModelSpec(kind=ModelKind.TORCHSCRIPT, path=Path("/models/model.ts")),
+        (ModelSpec(kind=ModelKind.BUNDLE, path=Path("/models/spleen")), "does not exist"),
+        (
+            ModelSpec(
+                kind=ModelKind.TORCHSCRIPT,
+                path=Path("/models/model.ts"),
+                preprocessing=PreprocessingSpec(spatial_size=[64, 64, 64]),
+            ),
+            "does not exist",
+        ),
     ],
 )
-def test_model_kinds_other_than_builtin_are_refused(
-    small_study: PhantomStudy, body_lung_spec: PipelineSpec, tmp_path: Path, model: ModelSpec
+def test_missing_model_files_are_a_config_error_before_any_output(
+    small_study: PhantomStudy,
+    body_lung_spec: PipelineSpec,
+    tmp_path: Path,
+    model: ModelSpec,
+    message: str,
 ) -> None:
     spec = body_lung_spec.model_copy(update={"model": model})
-    with pytest.raises(
-        PipelineConfigError, match=f"model kind '{model.kind.value}' is not supported"
-    ):
+    with pytest.raises(PipelineConfigError, match=message):
         run_pipeline(spec, small_study.paths, tmp_path, job_id=4)
     assert not any(tmp_path.iterdir())
 

@@ -1,0 +1,249 @@
+"""Pipeline I/O: this project's series loader against MONAI's, and SEG + SR writing.
+
+One run writes one synthetic chest CT (``ChestPhantom``, 300 slices of 512x512
+by default) and measures, each in a fresh Python process so that peak memory
+(``ru_maxrss``) belongs to that step alone:
+
+- ``node load``: ``pipelines.load.load_series`` + ``pipelines.volume.to_volume``
+  (header scan, sort along the normal, geometry checks, one-seek pixel reads,
+  rescale to float32 HU).
+- ``MONAI load``: ``monai.transforms.LoadImage(reader="PydicomReader")`` on the
+  same folder (the anchor).
+The phantom itself is written by a child process too: Linux carries a
+process's peak RSS across ``fork`` + ``exec``, so a parent holding the
+phantom's arrays would inflate every child's ``ru_maxrss``.
+
+- ``node load + SEG + SR``: the node's load, then ``write_seg`` (BINARY, body and
+  both lungs from the phantom's own labels, so no model time is counted) and
+  ``write_sr`` (TID 1500, volume and mean HU per segment), each timed.
+
+Every step checks its result (shape, a voxel value against pydicom, frame
+counts); a failed check marks the row BROKEN and the script exits 1.
+Nothing here asserts on time (DESIGN.md: benchmarks print, tests assert).
+
+Run from the repository root::
+
+    .venv/bin/python bench/pipeline.py [--slices 300] [--repeat 3] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+MB = 1024 * 1024
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _step_node_load(folder: Path) -> dict[str, Any]:
+    from pipelines.load import load_series
+    from pipelines.volume import to_volume
+
+    paths = sorted(folder.glob("*.dcm"))
+    baseline = _rss_mb()
+    started = time.perf_counter()
+    volume = to_volume(load_series(paths))
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "rss_mb": _rss_mb(),
+        "baseline_mb": baseline,
+        "shape": list(volume.shape),
+        "probe": float(volume.array[len(paths) // 2, 256, 256]),
+    }
+
+
+def _step_monai_load(folder: Path) -> dict[str, Any]:
+    from monai.transforms import LoadImage
+
+    baseline = _rss_mb()
+    started = time.perf_counter()
+    image = LoadImage(reader="PydicomReader", image_only=True)(str(folder))
+    seconds = time.perf_counter() - started
+    shape = list(image.shape)
+    # PydicomReader gives (column, row, slice), slices sorted along the normal.
+    probe = float(image[256, 256, shape[2] // 2])
+    return {
+        "seconds": seconds,
+        "rss_mb": _rss_mb(),
+        "baseline_mb": baseline,
+        "shape": shape,
+        "probe": probe,
+    }
+
+
+def _step_write(folder: Path) -> dict[str, Any]:
+    import numpy as np
+
+    from dicom_node.phantom import ChestPhantom, PhantomLabel
+    from pipelines.load import load_series
+    from pipelines.spec import load_pipeline_specs
+    from pipelines.uids import result_uids
+    from pipelines.volume import to_volume
+    from pipelines.writers import write_seg, write_sr
+
+    spec = load_pipeline_specs(REPO / "config" / "pipelines")["ct-body-lung"]
+    paths = sorted(folder.glob("*.dcm"))
+    phantom = ChestPhantom(**json.loads((folder / "phantom.json").read_text()))
+    labels = phantom.labels()  # not timed: stands in for the model's output
+    masks = {
+        "body": np.isin(labels, [1, 2, 3, 4, 5, 6]),
+        "right_lung": labels == PhantomLabel.RIGHT_LUNG,
+        "left_lung": labels == PhantomLabel.LEFT_LUNG,
+    }
+    del labels
+    started = time.perf_counter()
+    volume = to_volume(load_series(paths))
+    loaded = time.perf_counter()
+    uids = result_uids(spec.name, spec.version, [str(ds.SOPInstanceUID) for ds in volume.datasets])
+    seg = write_seg(volume, masks, spec, uids)
+    seg_done = time.perf_counter()
+    stats = {name: volume.measure(mask) for name, mask in masks.items()}
+    measured = time.perf_counter()
+    sr = write_sr(volume, masks, seg, spec, uids, stats)
+    sr_done = time.perf_counter()
+    return {
+        "load_s": loaded - started,
+        "seg_s": seg_done - loaded,
+        "measure_s": measured - seg_done,
+        "sr_s": sr_done - measured,
+        "total_s": sr_done - started,
+        "rss_mb": _rss_mb(),
+        "frames": int(seg.NumberOfFrames),
+        "sr_groups": len(sr.ContentSequence),
+    }
+
+
+def _step_phantom(folder: Path) -> dict[str, Any]:
+    """Write the phantom (in a child, so the parent never holds its arrays)."""
+    from dicom_node.phantom import ChestPhantom
+
+    slices = int(json.loads((folder / "phantom.json").read_text())["slices"])
+    study = ChestPhantom(slices=slices).write(folder)
+    return {"mb": sum(p.stat().st_size for p in study.paths) / MB}
+
+
+STEPS = {"node-load": _step_node_load, "monai-load": _step_monai_load, "write": _step_write}
+
+
+def _run_step(name: str, folder: Path) -> dict[str, Any]:
+    """Run one step in a fresh interpreter and return what it reported."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--step", name, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        cwd=REPO,
+    )
+    if done.returncode != 0:
+        return {"error": (done.stderr or done.stdout).strip().splitlines()[-1:]}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the phantom, run each step ``--repeat`` times in fresh processes, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--step", choices=[*sorted(STEPS), "phantom"], help=argparse.SUPPRESS)
+    parser.add_argument("folder", nargs="?", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.step:
+        step = _step_phantom if args.step == "phantom" else STEPS[args.step]
+        print(json.dumps(step(args.folder)))
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    try:
+        folder = work / "ct"
+        folder.mkdir()
+        (folder / "phantom.json").write_text(json.dumps({"slices": args.slices}))
+        print(f"writing a {args.slices}-slice 512x512 CT phantom ...", flush=True)
+        written = _run_step("phantom", folder)
+        if "error" in written:
+            print(f"!!! phantom: {written['error']}")
+            return 1
+        size_mb = float(written["mb"])
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in STEPS}
+        for _ in range(args.repeat):
+            for name in STEPS:
+                results[name].append(_run_step(name, folder))
+        return _report(results, args.slices, size_mb)
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(float(r[key]) for r in rows)
+
+
+def _report(results: dict[str, list[dict[str, Any]]], slices: int, size_mb: float) -> int:
+    problems: list[str] = []
+    for name, rows in results.items():
+        for row in rows:
+            if "error" in row:
+                problems.append(f"{name}: {row['error']}")
+    node, monai, write = results["node-load"], results["monai-load"], results["write"]
+    if not problems:
+        if node[0]["shape"] != [slices, 512, 512]:
+            problems.append(f"node-load: shape {node[0]['shape']}")
+        if sorted(monai[0]["shape"]) != sorted([slices, 512, 512]):
+            problems.append(f"monai-load: shape {monai[0]['shape']}")
+        if abs(node[0]["probe"] - monai[0]["probe"]) > 1e-3:
+            problems.append(f"loaders disagree on a voxel: {node[0]['probe']} {monai[0]['probe']}")
+        if write[0]["frames"] <= 0:
+            problems.append("write: the SEG has no frame")
+    print()
+    print(f"pipeline I/O, {slices} slices 512x512 ({size_mb:.0f} MB), {platform.node()}, "
+          f"{len(node)} run(s) each, median; each step in a fresh process")  # fmt: skip
+    if problems:
+        for line in problems:
+            print(f"!!! {line}")
+        return 1
+    node_s, monai_s = _median(node, "seconds"), _median(monai, "seconds")
+    node_mb, monai_mb = _median(node, "rss_mb"), _median(monai, "rss_mb")
+    print()
+    print(f"{'step':<34}{'seconds':>10}{'peak RSS MiB':>15}")
+    print(f"{'MONAI LoadImage(PydicomReader)':<34}{monai_s:>10.3f}{monai_mb:>15.0f}")
+    print(f"{'node load_series + to_volume':<34}{node_s:>10.3f}{node_mb:>15.0f}")
+    print(f"{'  ratio MONAI / node':<34}{monai_s / node_s:>9.1f}x{monai_mb / node_mb:>14.1f}x")
+    print()
+    print(f"{'node load + SEG + SR':<34}{'seconds':>10}")
+    for key, label in (
+        ("load_s", "load"),
+        ("seg_s", "write_seg (BINARY, 3 segments)"),
+        ("measure_s", "measure (volume, mean HU)"),
+        ("sr_s", "write_sr (TID 1500)"),
+        ("total_s", "total"),
+    ):
+        print(f"{'  ' + label:<34}{_median(write, key):>10.3f}")
+    print(f"{'  peak RSS MiB':<34}{_median(write, 'rss_mb'):>10.0f}")
+    print()
+    print("goals: loader >= 5x faster than MONAI at <= half its peak memory; "
+          "load + SEG + SR < 1.5 s on 2 cores")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
