@@ -64,7 +64,6 @@ def local_overview(config: Path | None) -> OverviewPublic:
         )
     finally:
         probe.close()
-        queries.close()
         state.close()
 
 

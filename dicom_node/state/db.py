@@ -202,6 +202,9 @@ def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if not immediate:
+            # The read engine can never write, even by mistake.
+            cursor.execute("PRAGMA query_only=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -226,22 +229,23 @@ class StateDB:
             connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
             pool_pre_ping=not is_sqlite,
         )
-        # Reads that must not queue behind writers use their own engine (deferred BEGIN).
-        self._read_engine = create_engine(
+        #: Reads that must not queue behind writers (C-STORE duplicate checks, the
+        #: dashboard) use this engine: deferred BEGIN, and read-only on SQLite.
+        self.read_engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
             pool_pre_ping=not is_sqlite,
         )
         if is_sqlite:
             _configure_sqlite(self.engine, immediate=True)
-            _configure_sqlite(self._read_engine, immediate=False)
+            _configure_sqlite(self.read_engine, immediate=False)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         Base.metadata.create_all(self.engine)
 
     def close(self) -> None:
         """Release every pooled connection."""
         self.engine.dispose()
-        self._read_engine.dispose()
+        self.read_engine.dispose()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -253,7 +257,7 @@ class StateDB:
 
     def has_instance(self, sop_instance_uid: str) -> bool:
         """Whether an instance is already stored (a plain read, no write lock)."""
-        with self._read_engine.connect() as conn:
+        with self.read_engine.connect() as conn:
             row = conn.execute(_HAS_INSTANCE, {"uid": sop_instance_uid}).first()
         return row is not None
 

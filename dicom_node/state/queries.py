@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Select, create_engine, event, func, or_, select, update
-from sqlalchemy.engine import CursorResult, Engine
+from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy.engine import CursorResult
 
 from dicom_node.state.db import StateDB
 from dicom_node.state.schema import (
@@ -192,21 +192,6 @@ def _job_row(job: Any) -> JobRow:
     )
 
 
-def _read_only_sqlite(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # so the BEGIN below is ours
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA query_only=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        # Deferred: a WAL reader sees the last commit and never waits for writers.
-        connection.exec_driver_sql("BEGIN")
-
-
 def _like(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
@@ -218,24 +203,13 @@ class StateQueries:
     Parameters
     ----------
     state : StateDB
-        The node's state DB; its URL is opened a second time for reads, and
-        its :meth:`StateDB.session` carries the few writes.
+        The node's state DB: reads go through its read-only engine
+        (:attr:`StateDB.read_engine`), the few writes through :meth:`StateDB.session`.
     """
 
     def __init__(self, state: StateDB) -> None:
         self.state = state
-        is_sqlite = state.url.startswith("sqlite")
-        self._engine = create_engine(
-            state.url,
-            connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
-            pool_pre_ping=not is_sqlite,
-        )
-        if is_sqlite:
-            _read_only_sqlite(self._engine)
-
-    def close(self) -> None:
-        """Release the read connections."""
-        self._engine.dispose()
+        self._engine = state.read_engine
 
     def ping(self) -> bool:
         """Whether the database answers a trivial query."""

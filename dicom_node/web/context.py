@@ -116,6 +116,5 @@ class WebContext:
     def close(self) -> None:
         """Close what this context opened."""
         self.probe.close()
-        self.queries.close()
         if self.owns_state:
             self.state.close()
