@@ -50,6 +50,9 @@ def configure_logging(verbose: int, quiet: bool, default: str = "INFO") -> None:
         force=True,
     )
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
+    # highdicom logs the UIDs of the source images it copies from at INFO: UIDs name
+    # studies, and logs name a study only by its tag (DESIGN.md promise 5).
+    logging.getLogger("highdicom").setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
 
 
 def build_settings(config: Path | None, **overrides: Any) -> Settings:
