@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from celery import Celery
@@ -74,13 +75,22 @@ class Supervisor:
         self._next_lost_check = 0.0
         #: Jobs seen missing from the broker once; re-sent when seen missing twice.
         self._suspects: set[int] = set()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # -- the loop -----------------------------------------------------------------
 
     def tick(self) -> None:
         """Run one pass of every step; a failing step does not stop the others."""
-        steps = (self.complete_studies, self.dispatch, self.collect, self.recover_lost, self.export)
+        self._pass(self._control_steps() + self._export_steps())
+
+    def _control_steps(self) -> tuple[Callable[[], None], ...]:
+        return (self.complete_studies, self.dispatch, self.collect, self.recover_lost)
+
+    def _export_steps(self) -> tuple[Callable[[], None], ...]:
+        return (self.export,)
+
+    @staticmethod
+    def _pass(steps: tuple[Callable[[], None], ...]) -> None:
         for step in steps:
             try:
                 step()
@@ -88,20 +98,34 @@ class Supervisor:
                 logger.exception("supervisor step %s failed", step.__name__)
 
     def start(self) -> None:
-        """Run :meth:`tick` in a background thread until :meth:`stop`."""
-        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
-        self._thread.start()
+        """Run the steps in background threads until :meth:`stop`.
+
+        Export runs in a thread of its own: an archive that drops packets holds
+        an association attempt for its whole timeout, and studies must still
+        complete and jobs still be sent meanwhile.
+        """
+        self._threads = [
+            threading.Thread(
+                target=self._run, args=(steps,), name=f"supervisor-{name}", daemon=True
+            )
+            for name, steps in (
+                ("control", self._control_steps()),
+                ("export", self._export_steps()),
+            )
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        """Stop the loop and wait for the current pass to end."""
+        """Stop the loops and wait for their current passes to end."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+        for thread in self._threads:
+            thread.join(timeout=60)
 
-    def _run(self) -> None:
+    def _run(self, steps: tuple[Callable[[], None], ...]) -> None:
         period = min(self.settings.stability.poll_seconds, self.settings.job_poll_seconds)
         while not self._stop.is_set():
-            self.tick()
+            self._pass(steps)
             self._stop.wait(period)
 
     # -- steps --------------------------------------------------------------------
