@@ -219,7 +219,7 @@ class ChestPhantom:
         hu_image = ndimage.gaussian_filter(hu_image, sigma=(0.0, 0.7, 0.7))
         rng = np.random.default_rng(self.seed)
         hu_image += rng.normal(0.0, self.noise_hu, size=hu_image.shape).astype(np.float32)
-        return hu_image
+        return np.asarray(hu_image, dtype=np.float32)
 
     def write(
         self,

@@ -116,7 +116,8 @@ def draw_chest_radiograph(
         thickness += contrast * np.exp(-1.5 * distance2 * distance2).astype(np.float32)
     image = 0.1 + np.clip(thickness, 0.0, None) * 1.05
     image += rng.normal(0.0, noise, size=image.shape).astype(np.float32)
-    return np.clip(image, 0.0, 1.0).astype(np.float32)
+    clipped: npt.NDArray[np.float32] = np.clip(image, 0.0, 1.0).astype(np.float32)
+    return clipped
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.bundle import ConfigParser
+from monai.bundle.config_parser import ConfigParser
 from monai.data.meta_tensor import MetaTensor
 from monai.inferers.inferer import Inferer, SimpleInferer
 
@@ -284,7 +284,9 @@ def _network(parser: ConfigParser, root: Path, device: torch.device) -> torch.nn
         return network.to(device)
     if torchscript.is_file():
         try:
-            module: torch.nn.Module = torch.jit.load(str(torchscript), map_location=device)
+            module: torch.nn.Module = torch.jit.load(  # type: ignore[no-untyped-call]
+                str(torchscript), map_location=device
+            )
         except (OSError, RuntimeError, ValueError) as exc:
             raise PipelineConfigError(
                 f"bundle {root.name}: models/model.ts cannot be read"

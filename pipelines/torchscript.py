@@ -104,7 +104,8 @@ class TorchScriptModel:
         if out.ndim == len(spatial) + 1 and tuple(out.shape[1:]) != spatial:
             out = torch.as_tensor(Resize(spatial, mode="nearest")(out))
         logger.info("torchscript=%s seconds=%.3f", self.path.name, time.perf_counter() - started)
-        return out
+        result: torch.Tensor = out
+        return result
 
 
 def load_torchscript(
@@ -136,7 +137,7 @@ def load_torchscript(
     if device is None:
         device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     try:
-        network: torch.nn.Module = torch.jit.load(str(path), map_location=device)
+        network: torch.nn.Module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
     except (OSError, RuntimeError, ValueError) as exc:
         raise PipelineConfigError(f"{path.name} is not a TorchScript model") from exc
     network.eval()

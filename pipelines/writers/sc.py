@@ -110,7 +110,8 @@ def write_sc(
             sop_instance_uid=instance_uid,
             instance_number=len(images) + 1,
             manufacturer=MANUFACTURER,
-            pixel_spacing=(float(volume.spacing[1]), float(volume.spacing[2])),
+            # highdicom annotates int pairs; spacing in mm is a float pair (DS).
+            pixel_spacing=(float(volume.spacing[1]), float(volume.spacing[2])),  # type: ignore[arg-type]
             patient_orientation=_patient_orientation(volume),
             contributing_equipment=[contributing_equipment(spec)],
         )
@@ -118,7 +119,7 @@ def write_sc(
         image.ImageType = ["DERIVED", "SECONDARY"]
         image.BurnedInAnnotation = "NO"
         image.ManufacturerModelName = spec.name
-        image.SoftwareVersions = list(software_versions(spec))
+        image.SoftwareVersions = list(software_versions(spec))  # type: ignore[assignment]
         image.DerivationDescription = "AI segmentation burned into the source image"
         # General Series Laterality (Type 2C): the source's, else empty (not known here).
         image.Laterality = str(source.get("Laterality", "") or "")
