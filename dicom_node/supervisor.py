@@ -1,13 +1,14 @@
 """The node's control loop: studies complete, jobs go out, results come back, exports run.
 
-One pass (:meth:`Supervisor.tick`) does, in order:
+Each pass does, in order (export in a thread of its own):
 
 1. **stability**: studies quiet for their period are routed; the study is
    marked complete and its jobs created in one transaction;
 2. **dispatch**: QUEUED jobs never sent to the broker are sent (the outbox);
 3. **collect**: a job's ``manifest.json`` on the spool says how it ended; the
    Celery state tells when it started running;
-4. **export**: due export rows are sent to their destinations, with backoff.
+4. **recover lost**: jobs neither the broker nor a live worker holds are sent again;
+5. **export**: due export rows are sent to their destinations, with backoff.
 
 Every step reads its work from the state DB, so a restarted node resumes where
 the previous one stopped.
@@ -78,10 +79,6 @@ class Supervisor:
         self._threads: list[threading.Thread] = []
 
     # -- the loop -----------------------------------------------------------------
-
-    def tick(self) -> None:
-        """Run one pass of every step; a failing step does not stop the others."""
-        self._pass(self._control_steps() + self._export_steps())
 
     def _control_steps(self) -> tuple[Callable[[], None], ...]:
         return (self.complete_studies, self.dispatch, self.collect, self.recover_lost)

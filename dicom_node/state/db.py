@@ -46,6 +46,7 @@ __all__ = [
     "SeriesInputs",
     "StateDB",
     "input_hash",
+    "job_view",
 ]
 
 
@@ -108,6 +109,8 @@ class JobView:
     task_id: str | None
     dispatched_at: datetime.datetime | None
     measurements: dict[str, float]
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +164,8 @@ _INSERT_INSTANCE = text(
 ).bindparams(bindparam("now", type_=DateTime))
 
 
-def _job_view(job: Job) -> JobView:
+def job_view(job: Any) -> JobView:
+    """A job, from an ORM object or a Core row of the ``jobs`` table, detached."""
     return JobView(
         id=job.id,
         study_uid=job.study_uid,
@@ -176,6 +180,8 @@ def _job_view(job: Job) -> JobView:
         task_id=job.task_id,
         dispatched_at=job.dispatched_at,
         measurements=dict(job.measurements or {}),
+        created_at=job.created_at,
+        updated_at=job.updated_at,
     )
 
 
@@ -565,13 +571,13 @@ class StateDB:
             rows = s.scalars(
                 select(Job).where(Job.state.in_([str(x) for x in states])).order_by(Job.id)
             ).all()
-            return [_job_view(job) for job in rows]
+            return [job_view(job) for job in rows]
 
     def job(self, job_id: int) -> JobView | None:
         """Return one job, or None."""
         with self.session() as s:
             job = s.get(Job, job_id)
-            return _job_view(job) if job else None
+            return job_view(job) if job else None
 
     # -- exports ----------------------------------------------------------------
 

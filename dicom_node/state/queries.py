@@ -20,7 +20,7 @@ from typing import Any, cast
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.engine import CursorResult
 
-from dicom_node.state.db import StateDB
+from dicom_node.state.db import JobView, StateDB, job_view
 from dicom_node.state.schema import (
     Association,
     Export,
@@ -42,7 +42,6 @@ __all__ = [
     "ExportRow",
     "JobDetail",
     "JobEventRow",
-    "JobRow",
     "StageDuration",
     "StateQueries",
     "StudyRow",
@@ -82,23 +81,6 @@ class Totals:
 
 
 @dataclass(frozen=True, slots=True)
-class JobRow:
-    """A job as lists show it."""
-
-    id: int
-    study_uid: str
-    series_uid: str
-    pipeline: str
-    pipeline_version: str
-    queue: str
-    state: JobState
-    reason: str
-    attempts: int
-    created_at: datetime.datetime
-    updated_at: datetime.datetime
-
-
-@dataclass(frozen=True, slots=True)
 class StudyRow:
     """A study with its series' modalities and its jobs."""
 
@@ -111,7 +93,7 @@ class StudyRow:
     accession_number: str
     study_date: str
     modalities: tuple[str, ...]
-    jobs: tuple[JobRow, ...]
+    jobs: tuple[JobView, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +122,7 @@ class ExportRow:
 class JobDetail:
     """Everything the job page shows from the database."""
 
-    job: JobRow
+    job: JobView
     inputs: tuple[str, ...]
     task_id: str | None
     dispatched_at: datetime.datetime | None
@@ -173,23 +155,6 @@ class StageDuration:
     pipeline: str
     stage: str
     seconds: float
-
-
-def _job_row(job: Any) -> JobRow:
-    """A job row (a Core row with the ``jobs`` columns) as a :class:`JobRow`."""
-    return JobRow(
-        id=job.id,
-        study_uid=job.study_uid,
-        series_uid=job.series_uid,
-        pipeline=job.pipeline,
-        pipeline_version=job.pipeline_version,
-        queue=job.queue,
-        state=JobState(job.state),
-        reason=job.reason,
-        attempts=job.attempts,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
-    )
 
 
 def _like(text: str) -> str:
@@ -381,9 +346,9 @@ class StateQueries:
     @staticmethod
     def _children(
         conn: Any, study_uids: list[str]
-    ) -> tuple[dict[str, set[str]], dict[str, list[JobRow]]]:
+    ) -> tuple[dict[str, set[str]], dict[str, list[JobView]]]:
         modalities: dict[str, set[str]] = defaultdict(set)
-        jobs: dict[str, list[JobRow]] = defaultdict(list)
+        jobs: dict[str, list[JobView]] = defaultdict(list)
         if not study_uids:
             return modalities, jobs
         for uid, modality in conn.execute(
@@ -394,7 +359,7 @@ class StateQueries:
         for job in conn.execute(
             select(Job).where(Job.study_uid.in_(study_uids)).order_by(Job.id)
         ).all():
-            jobs[job.study_uid].append(_job_row(job))
+            jobs[job.study_uid].append(job_view(job))
         return modalities, jobs
 
     # -- jobs --------------------------------------------------------------------
@@ -406,7 +371,7 @@ class StateQueries:
         since: datetime.datetime | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> tuple[int, list[JobRow]]:
+    ) -> tuple[int, list[JobView]]:
         """Jobs, most recently changed first.
 
         Parameters
@@ -420,7 +385,7 @@ class StateQueries:
 
         Returns
         -------
-        tuple[int, list[JobRow]]
+        tuple[int, list[JobView]]
             The number of matches and the requested page.
         """
         query: Select[Any] = select(Job)
@@ -434,7 +399,7 @@ class StateQueries:
             rows = conn.execute(
                 query.order_by(Job.updated_at.desc(), Job.id.desc()).limit(limit).offset(offset)
             ).all()
-        return int(total), [_job_row(row) for row in rows]
+        return int(total), [job_view(row) for row in rows]
 
     def job_detail(self, job_id: int) -> JobDetail | None:
         """A job with its events, exports and its study's arrival, or None."""
@@ -454,7 +419,7 @@ class StateQueries:
                 select(Study.first_received).where(Study.study_uid == job.study_uid)
             ).scalar()
         return JobDetail(
-            job=_job_row(job),
+            job=job_view(job),
             inputs=tuple(job.inputs or ()),
             task_id=job.task_id,
             dispatched_at=job.dispatched_at,

@@ -15,13 +15,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dicom_node.phi import study_tag
 from dicom_node.settings import WebRole, WebUser
+from dicom_node.state import JobView
 from dicom_node.state.queries import (
     CANCELLABLE_STATES,
     CANCELLED_PREFIX,
     RETRYABLE_STATES,
     AssociationRow,
     JobDetail,
-    JobRow,
     StateQueries,
     StudyRow,
 )
@@ -155,7 +155,7 @@ def overview(ctx: WebContext) -> OverviewPublic:
 # -- studies and jobs -----------------------------------------------------------------
 
 
-def job_public(row: JobRow) -> JobPublic:
+def job_public(row: JobView) -> JobPublic:
     """A job row as the API shows it."""
     return JobPublic(
         id=row.id,

@@ -27,8 +27,8 @@ from pipelines.errors import PipelineError
 from pipelines.radiograph import Radiograph
 from pipelines.spec import LabelSpec, PipelineSpec
 from pipelines.uids import ResultUIDs
-from pipelines.writers.seg import MANUFACTURER, code, contributing_equipment, software_versions
-from pipelines.writers.sr import SR_SERIES_NUMBER, observation_context
+from pipelines.writers.seg import code
+from pipelines.writers.sr import SR_SERIES_NUMBER, observation_context, report_sr
 
 __all__ = ["ABSENT", "NO_UNITS", "PRESENT", "PROBABILITY", "write_classification_sr"]
 
@@ -100,23 +100,7 @@ def write_classification_sr(
         procedure_reported=codes.cid100.ImagingProcedure,
         imaging_measurements=groups,
     )
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[image.header for image in images],
-        content=report[0],
-        series_instance_uid=uids.sr_series,
-        series_number=series_number,
-        sop_instance_uid=uids.sr_instance,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        record_evidence=True,
-        series_description=spec.series_description,
-        manufacturer_model_name=spec.name,
-        software_versions=list(software_versions(spec)),
-        contributing_equipment=[contributing_equipment(spec)],
-    )
+    sr = report_sr(report, [image.header for image in images], spec, uids, series_number)
     logger.info("classification sr images=%d groups=%d", len(images), len(groups))
     return sr
 

@@ -18,7 +18,7 @@ it and no person has checked it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -140,8 +140,44 @@ def write_sr(
         procedure_reported=_PROCEDURES.get(modality, codes.cid100.ImagingProcedure),
         imaging_measurements=groups,
     )
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[seg_dataset, *volume.instances],
+    sr = report_sr(report, [seg_dataset, *volume.instances], spec, uids, series_number)
+    logger.info("sr groups=%d", len(groups))
+    return sr
+
+
+def report_sr(
+    report: hd.sr.MeasurementReport,
+    evidence: Sequence[Dataset],
+    spec: PipelineSpec,
+    uids: ResultUIDs,
+    series_number: int,
+) -> hd.sr.Comprehensive3DSR:
+    """Wrap a TID 1500 report in a Comprehensive 3D SR with the pipeline's identity.
+
+    Segmentation and classification reports differ only in their content and
+    evidence; the SR around them (deterministic UIDs, status flags, equipment)
+    is the same.
+
+    Parameters
+    ----------
+    report : highdicom.sr.MeasurementReport
+        The TID 1500 content.
+    evidence : Sequence[pydicom.dataset.Dataset]
+        Every object the content references (headers are enough).
+    spec : PipelineSpec
+        The pipeline.
+    uids : ResultUIDs
+        Deterministic result UIDs.
+    series_number : int
+        Series Number of the SR.
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        Complete, unverified and preliminary: an AI result no one has signed.
+    """
+    return hd.sr.Comprehensive3DSR(
+        evidence=list(evidence),
         content=report[0],
         series_instance_uid=uids.sr_series,
         series_number=series_number,
@@ -157,8 +193,6 @@ def write_sr(
         software_versions=list(software_versions(spec)),
         contributing_equipment=[contributing_equipment(spec)],
     )
-    logger.info("sr groups=%d", len(groups))
-    return sr
 
 
 def observation_context(spec: PipelineSpec) -> hd.sr.ObservationContext:
