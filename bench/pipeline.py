@@ -15,7 +15,12 @@ phantom's arrays would inflate every child's ``ru_maxrss``.
 
 - ``node load + SEG + SR``: the node's load, then ``write_seg`` (BINARY, body and
   both lungs from the phantom's own labels, so no model time is counted) and
-  ``write_sr`` (TID 1500, volume and mean HU per segment), each timed.
+  ``write_sr`` (TID 1500, volume and mean HU per segment), and saving both
+  files, each timed; done twice in one process: the first job pays for what a
+  worker process does once, the second is a long-lived worker's steady state.
+- ``pydicom read-and-stack``: ``np.stack`` of every file's ``pixel_array``, the
+  reference the goals were set against (0.35 s then), to tell a slow moment
+  of this shared machine from a slow loader.
 
 Every step checks its result (shape, a voxel value against pydicom, frame
 counts); a failed check marks the row BROKEN and the script exits 1.
@@ -40,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import pydicom
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024
@@ -107,26 +114,55 @@ def _step_write(folder: Path) -> dict[str, Any]:
         "left_lung": labels == PhantomLabel.LEFT_LUNG,
     }
     del labels
-    started = time.perf_counter()
-    volume = to_volume(load_series(paths))
-    loaded = time.perf_counter()
-    uids = result_uids(spec.name, spec.version, [str(ds.SOPInstanceUID) for ds in volume.datasets])
-    seg = write_seg(volume, masks, spec, uids)
-    seg_done = time.perf_counter()
-    stats = {name: volume.measure(mask) for name, mask in masks.items()}
-    measured = time.perf_counter()
-    sr = write_sr(volume, masks, seg, spec, uids, stats)
-    sr_done = time.perf_counter()
+    out = folder.parent / "results"
+    out.mkdir(exist_ok=True)
+    # Two jobs on the same series in one process: the first pays for what a worker
+    # process does once (highdicom's lazily loaded tables of the standard, first use of
+    # large buffers); the second is a long-lived worker's steady state.
+    jobs = []
+    for _ in range(2):
+        started = time.perf_counter()
+        volume = to_volume(load_series(paths))
+        loaded = time.perf_counter()
+        uids = result_uids(
+            spec.name, spec.version, [str(ds.SOPInstanceUID) for ds in volume.datasets]
+        )
+        seg = write_seg(volume, masks, spec, uids)
+        seg_done = time.perf_counter()
+        stats = {name: volume.measure(mask) for name, mask in masks.items()}
+        measured = time.perf_counter()
+        sr = write_sr(volume, masks, seg, spec, uids, stats)
+        sr_done = time.perf_counter()
+        seg.save_as(out / "seg.dcm", enforce_file_format=True)
+        sr.save_as(out / "sr.dcm", enforce_file_format=True)
+        saved = time.perf_counter()
+        jobs.append(
+            {
+                "load_s": loaded - started,
+                "seg_s": seg_done - loaded,
+                "measure_s": measured - seg_done,
+                "sr_s": sr_done - measured,
+                "save_s": saved - sr_done,
+                "total_s": saved - started,
+            }
+        )
+        del volume, seg, sr
     return {
-        "load_s": loaded - started,
-        "seg_s": seg_done - loaded,
-        "measure_s": measured - seg_done,
-        "sr_s": sr_done - measured,
-        "total_s": sr_done - started,
+        "first": jobs[0],
+        "next": jobs[1],
         "rss_mb": _rss_mb(),
-        "frames": int(seg.NumberOfFrames),
-        "sr_groups": len(sr.ContentSequence),
+        "frames": int(pydicom.dcmread(out / "seg.dcm", stop_before_pixels=True).NumberOfFrames),
     }
+
+
+def _step_pydicom_stack(folder: Path) -> dict[str, Any]:
+    """The issue's reference for this machine's speed: pydicom read-and-stack."""
+    import numpy as np
+
+    paths = sorted(folder.glob("*.dcm"))
+    started = time.perf_counter()
+    stacked = np.stack([pydicom.dcmread(p).pixel_array for p in paths])
+    return {"seconds": time.perf_counter() - started, "shape": list(stacked.shape)}
 
 
 def _step_phantom(folder: Path) -> dict[str, Any]:
@@ -138,7 +174,12 @@ def _step_phantom(folder: Path) -> dict[str, Any]:
     return {"mb": sum(p.stat().st_size for p in study.paths) / MB}
 
 
-STEPS = {"node-load": _step_node_load, "monai-load": _step_monai_load, "write": _step_write}
+STEPS = {
+    "node-load": _step_node_load,
+    "monai-load": _step_monai_load,
+    "pydicom-stack": _step_pydicom_stack,
+    "write": _step_write,
+}
 
 
 def _run_step(name: str, folder: Path) -> dict[str, Any]:
@@ -205,6 +246,7 @@ def _report(results: dict[str, list[dict[str, Any]]], slices: int, size_mb: floa
             if "error" in row:
                 problems.append(f"{name}: {row['error']}")
     node, monai, write = results["node-load"], results["monai-load"], results["write"]
+    stack = results["pydicom-stack"]
     if not problems:
         if node[0]["shape"] != [slices, 512, 512]:
             problems.append(f"node-load: shape {node[0]['shape']}")
@@ -212,6 +254,8 @@ def _report(results: dict[str, list[dict[str, Any]]], slices: int, size_mb: floa
             problems.append(f"monai-load: shape {monai[0]['shape']}")
         if abs(node[0]["probe"] - monai[0]["probe"]) > 1e-3:
             problems.append(f"loaders disagree on a voxel: {node[0]['probe']} {monai[0]['probe']}")
+        if stack[0]["shape"] != [slices, 512, 512]:
+            problems.append(f"pydicom-stack: shape {stack[0]['shape']}")
         if write[0]["frames"] <= 0:
             problems.append("write: the SEG has no frame")
     print()
@@ -229,19 +273,28 @@ def _report(results: dict[str, list[dict[str, Any]]], slices: int, size_mb: floa
     print(f"{'node load_series + to_volume':<34}{node_s:>10.3f}{node_mb:>15.0f}")
     print(f"{'  ratio MONAI / node':<34}{monai_s / node_s:>9.1f}x{monai_mb / node_mb:>14.1f}x")
     print()
-    print(f"{'node load + SEG + SR':<34}{'seconds':>10}")
+    print(f"{'node load + SEG + SR':<34}{'first job':>10}{'next job':>10}")
     for key, label in (
         ("load_s", "load"),
         ("seg_s", "write_seg (BINARY, 3 segments)"),
         ("measure_s", "measure (volume, mean HU)"),
         ("sr_s", "write_sr (TID 1500)"),
+        ("save_s", "save both files"),
         ("total_s", "total"),
     ):
-        print(f"{'  ' + label:<34}{_median(write, key):>10.3f}")
+        first = statistics.median(float(r["first"][key]) for r in write)
+        following = statistics.median(float(r["next"][key]) for r in write)
+        print(f"{'  ' + label:<34}{first:>10.3f}{following:>10.3f}")
     print(f"{'  peak RSS MiB':<34}{_median(write, 'rss_mb'):>10.0f}")
+    print()
+    stack_s = _median(stack, "seconds")
+    print(f"{'machine speed':<34}{'seconds':>10}")
+    print(f"{'  pydicom read-and-stack':<34}{stack_s:>10.3f}   (0.35 s where the goals were set)")
     print()
     print("goals: loader >= 5x faster than MONAI at <= half its peak memory; "
           "load + SEG + SR < 1.5 s on 2 cores")  # fmt: skip
+    print("'first job' runs in a fresh process; 'next job' is the same work again in that "
+          "process, as in a long-lived worker")  # fmt: skip
     return 0
 
 

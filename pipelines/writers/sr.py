@@ -2,13 +2,23 @@
 
 One TID 1411 "Volumetric ROI Measurements and Qualitative Evaluations" group per
 segment of the SEG. Each group references its segment (SEG SOP Instance UID and
-Segment Number, plus the source images that segment covers), carries the same
-tracking UID as the segment, and holds two TID 300 measurements:
+Segment Number) and the segment's source, carries the same tracking UID as the
+segment, and holds two TID 300 measurements:
 
 - Volume: (118565006, SCT, "Volume") in mL (UCUM ``ml``).
 - Mean attenuation: (112031, DCM, "Attenuation Coefficient"), derivation
   (373098007, SCT, "Mean"), in Hounsfield units (UCUM ``[hnsf'U]``), as dcmqi
   writes it. Left out for a modality other than CT.
+
+The source of a segment is named the way TID 1411 allows and dcmqi writes it:
+for a series of single-frame images, one "Source Series for Segmentation"
+(121232, DCM) item with the Series Instance UID; for an Enhanced multi-frame
+image, one "Source Image for Segmentation" item with the frames the segment
+covers. Which slice each SEG frame came from is in the SEG itself (its per-frame
+Derivation Image references), and every source image is listed in the SR's
+Current Requested Procedure Evidence. One reference per source image per
+segment would repeat the SEG's mapping in the SR (900 content items for three
+segments over 300 slices) and made building the SR take over a second.
 
 The observer is a device (the pipeline), whose UID is derived like every other
 UID here. The document is COMPLETE, UNVERIFIED and PRELIMINARY: a machine made
@@ -234,37 +244,37 @@ def _roi_group(
     with_attenuation: bool,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     """One TID 1411 group: the segment reference, its tracking identity and measurements."""
-    covered = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
     if volume.is_multiframe:
         # One reference per multi-frame source, naming the frames the segment covers.
+        covered = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
         frames: dict[str, list[int]] = {}
         for i in covered:
             frames.setdefault(str(volume.datasets[i].SOPInstanceUID), []).append(
                 int(volume.frame_numbers[i] or 1)
             )
         by_uid = {str(ds.SOPInstanceUID): ds for ds in volume.instances}
-        sources = [
-            hd.sr.SourceImageForSegmentation(
-                referenced_sop_class_uid=str(by_uid[uid].SOPClassUID),
-                referenced_sop_instance_uid=uid,
-                referenced_frame_numbers=sorted(numbers),
-            )
-            for uid, numbers in frames.items()
-        ]
+        segment = hd.sr.ReferencedSegment(
+            sop_class_uid=str(seg_dataset.SOPClassUID),
+            sop_instance_uid=str(seg_dataset.SOPInstanceUID),
+            segment_number=number,
+            source_images=[
+                hd.sr.SourceImageForSegmentation(
+                    referenced_sop_class_uid=str(by_uid[uid].SOPClassUID),
+                    referenced_sop_instance_uid=uid,
+                    referenced_frame_numbers=sorted(numbers),
+                )
+                for uid, numbers in frames.items()
+            ],
+        )
     else:
-        sources = [
-            hd.sr.SourceImageForSegmentation(
-                referenced_sop_class_uid=str(volume.datasets[i].SOPClassUID),
-                referenced_sop_instance_uid=str(volume.datasets[i].SOPInstanceUID),
-            )
-            for i in covered
-        ]
-    segment = hd.sr.ReferencedSegment(
-        sop_class_uid=str(seg_dataset.SOPClassUID),
-        sop_instance_uid=str(seg_dataset.SOPInstanceUID),
-        segment_number=number,
-        source_images=sources,
-    )
+        segment = hd.sr.ReferencedSegment(
+            sop_class_uid=str(seg_dataset.SOPClassUID),
+            sop_instance_uid=str(seg_dataset.SOPInstanceUID),
+            segment_number=number,
+            source_series=hd.sr.SourceSeriesForSegmentation(
+                str(volume.datasets[0].SeriesInstanceUID)
+            ),
+        )
     items = [
         hd.sr.Measurement(
             name=VOLUME, value=stats.volume_ml, unit=MILLILITER, algorithm_id=algorithm

@@ -8,6 +8,7 @@ import pydicom
 import pytest
 
 from pipelines.spec import PipelineSpec
+from pipelines.writers.seg import _Segmentation
 from tests.judges import dciodvfy_errors
 from tests.unit.pipelines.phantom_series import SMALL, PipelineResult
 
@@ -103,3 +104,31 @@ def test_pixels_hold_the_measured_volumes(
         )
     # The segments overlap: the body contains both lungs.
     assert counts[1] > counts[2] + counts[3]
+
+
+def test_segments_overlap_is_recorded(seg: hd.seg.Segmentation) -> None:
+    # The body segment holds both lungs.
+    assert seg.SegmentsOverlap == "YES"
+
+
+@pytest.mark.parametrize(
+    ("overlap_frame", "segments"), [(None, 3), (None, 2), (0, 3), (37, 3), (49, 2)]
+)
+def test_fast_overlap_check_agrees_with_highdicoms(
+    overlap_frame: int | None, segments: int
+) -> None:
+    # Disjoint random masks, then (optionally) one shared pixel on one frame, also the
+    # last frame of a partial chunk: the node's one-byte count must give highdicom's answer.
+    rng = np.random.default_rng(segments)
+    owner = rng.integers(0, segments + 1, size=(50, 16, 16))
+    stack = np.stack([owner == s + 1 for s in range(segments)], axis=-1)
+    if overlap_frame is not None:
+        stack[overlap_frame, 3, 4, :2] = True
+    numbers = np.arange(1, segments + 1)
+    binary = hd.seg.SegmentationTypeValues.BINARY
+    _, ours = _Segmentation._check_and_cast_pixel_array(stack, numbers, binary, np.uint8)
+    _, theirs = hd.seg.Segmentation._check_and_cast_pixel_array(stack, numbers, binary, np.uint8)
+    assert ours == theirs
+    overlaps = hd.seg.SegmentsOverlapValues
+    expected = overlaps.NO if overlap_frame is None else overlaps.YES
+    assert ours == expected

@@ -96,3 +96,17 @@ def test_evidence_lists_the_seg_and_the_source_series(
         for p in pipeline_result.study.paths
     }
     assert sources <= evidence
+
+
+def test_each_group_names_the_source_series(
+    sr: hd.sr.Comprehensive3DSR, pipeline_result: PipelineResult
+) -> None:
+    # Single-frame sources: one "Source Series for Segmentation" item per group (as dcmqi
+    # writes it), not one image reference per slice.
+    for group in _groups(sr):
+        segment = group.referenced_segment
+        assert segment is not None
+        assert segment.source_images_for_segmentation == []
+        series = segment.source_series_for_segmentation
+        assert series is not None
+        assert series.value == pipeline_result.study.series_uid
