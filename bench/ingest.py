@@ -43,6 +43,8 @@ from dicom_node.export import echo
 from dicom_node.phantom import ChestPhantom
 from dicom_node.services import ServiceError, free_port, orthanc_rest, run_orthanc, wait_until
 from dicom_node.settings import DestinationSettings, ScpSettings
+from dicom_node.spool import Spool
+from dicom_node.state.db import InstanceRecord, StateDB
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -397,6 +399,49 @@ def measure(
     return row
 
 
+def durable_floor(paths: Sequence[Path], runs_dir: Path, repeat: int) -> tuple[float, float]:
+    """Time the node's durable path alone: no network, no DICOM parsing.
+
+    Each repetition writes every file of the study, held in memory beforehand,
+    the way the node keeps an instance (``Spool.write_atomic``: temporary file,
+    fsync, rename, directory fsync) into a fresh spool; then again with the
+    state row committed after each file (``StateDB.record_instance``, SQLite WAL
+    with ``synchronous=FULL``). What it shows is what promise 1 costs on this
+    disk, which no receiver that keeps it can go below.
+
+    Returns
+    -------
+    tuple[float, float]
+        Median seconds for the files alone, and for files plus rows.
+    """
+    blobs = [path.read_bytes() for path in paths]
+    files_only: list[float] = []
+    with_rows: list[float] = []
+    for rep in range(repeat):
+        for rows, times in ((False, files_only), (True, with_rows)):
+            folder = runs_dir / f"floor-{int(rows)}-r{rep}"
+            spool = Spool(folder / "spool")
+            state = StateDB(f"sqlite:///{folder / 'spool' / 'state.db'}")
+            os.sync()
+            started = time.perf_counter()
+            for k, blob in enumerate(blobs):
+                sop = f"1.2.826.0.1.3680043.10.1{k}"
+                target = spool.instance_path("1.2.3", "1.2.3.4", sop)
+                spool.write_atomic(target, blob)
+                if rows:
+                    state.record_instance(
+                        InstanceRecord(
+                            "1.2.3", "1.2.3.4", sop, "1.2.840.10008.5.1.4.1.1.2",
+                            "1.2.840.10008.1.2.1", str(target), len(blob), CALLING_AE,
+                            None, "CT", "", "", {},
+                        )
+                    )  # fmt: skip
+            times.append(time.perf_counter() - started)
+            state.engine.dispose()
+            shutil.rmtree(folder, ignore_errors=True)
+    return statistics.median(files_only), statistics.median(with_rows)
+
+
 def _tool_version(args: list[str]) -> str:
     try:
         result = subprocess.run(args, capture_output=True, text=True, timeout=10, check=False)
@@ -524,8 +569,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"... {target.label} x{senders}: {times} s", flush=True)
                 rows.append(row)
             blocks.append((senders, rows))
+        floor_files, floor_rows = durable_floor(paths, runs_dir, args.repeat)
         print()
         print_table(blocks, study_bytes)
+        anchor_s = blocks[0][1][0].median_s
+        print()
+        print("durable path alone, no network (what promise 1 costs on this disk):")
+        for label, seconds in (
+            ("fsync'd files", floor_files),
+            ("fsync'd files + rows", floor_rows),
+        ):
+            ratio = f"{seconds / anchor_s:14.2f}" if anchor_s else f"{'-':>14}"
+            print(f"{'':<12}{label:<22}{seconds:6.2f}{study_bytes / MB / seconds:9.1f}{ratio}")
         failed = any(row.errors for _, rows in blocks for row in rows)
     finally:
         if args.keep:
