@@ -15,6 +15,7 @@ import base64
 import datetime
 import json
 import logging
+import ssl
 import urllib.error
 import urllib.request
 import uuid
@@ -24,10 +25,12 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.settings import DestinationSettings, ExportSettings
 from dicom_node.state.schema import utcnow
+from dicom_node.tls import client_context
 
 __all__ = [
     "DeliveryResult",
@@ -87,6 +90,36 @@ def _scu(ae_title: str, timeout_s: float) -> AE:
     return ae
 
 
+def _associate(ae: AE, dest: DestinationSettings) -> Association:
+    """Associate with a destination, over DICOM TLS when its settings say so.
+
+    Raises
+    ------
+    ssl.SSLError
+        If the TLS certificate, key or CA bundle cannot be loaded.
+    """
+    context = client_context(dest.tls)
+    if context is None:
+        return ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    server_name = dest.tls.server_name or dest.host
+    return ae.associate(
+        dest.host, dest.port, ae_title=dest.ae_title, tls_args=(context, server_name)
+    )
+
+
+def _not_established(dest: DestinationSettings) -> str:
+    """Why an association failed, in words an administrator can act on."""
+    reason = f"association with {dest.name} ({dest.host}:{dest.port}) not established"
+    if dest.tls.enabled:
+        # pynetdicom logs the TLS error itself (certificate, name, handshake) at ERROR.
+        reason += " over DICOM TLS (see the log for the TLS error)"
+    return reason
+
+
+def _unusable_tls(dest: DestinationSettings, exc: ssl.SSLError) -> str:
+    return f"TLS settings of {dest.name} cannot be loaded ({exc.reason or exc})"
+
+
 def echo(calling_ae: str, dest: DestinationSettings) -> tuple[bool, str]:
     """Verify a destination with C-ECHO.
 
@@ -97,9 +130,12 @@ def echo(calling_ae: str, dest: DestinationSettings) -> tuple[bool, str]:
     """
     ae = _scu(calling_ae, dest.timeout_s)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    try:
+        assoc = _associate(ae, dest)
+    except ssl.SSLError as exc:
+        return False, _unusable_tls(dest, exc)
     if not assoc.is_established:
-        return False, f"association with {dest.name} not established"
+        return False, _not_established(dest)
     try:
         status = assoc.send_c_echo()
     finally:
@@ -161,9 +197,13 @@ def store_files(
     for sop_class, ts in sorted(set(headers)):
         ae.add_requested_context(sop_class, [ts])
 
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    try:
+        assoc = _associate(ae, dest)
+    except ssl.SSLError as exc:
+        reason = _unusable_tls(dest, exc)
+        return [DeliveryResult(path, False, reason) for path in paths]
     if not assoc.is_established:
-        reason = f"association with {dest.name} ({dest.host}:{dest.port}) not established"
+        reason = _not_established(dest)
         return [DeliveryResult(path, False, reason) for path in paths]
     results: list[DeliveryResult] = []
     try:
@@ -250,7 +290,8 @@ def stow_files(dest: DestinationSettings, paths: Sequence[Path]) -> list[Deliver
         token = f"{dest.username}:{dest.password.get_secret_value()}".encode()
         request.add_header("Authorization", "Basic " + base64.b64encode(token).decode("ascii"))
     try:
-        with urllib.request.urlopen(request, timeout=dest.timeout_s) as response:
+        context = client_context(dest.tls)
+        with urllib.request.urlopen(request, timeout=dest.timeout_s, context=context) as response:
             payload = response.read()
     except urllib.error.HTTPError as exc:
         reason = f"{dest.name} answered HTTP {exc.code}"

@@ -24,6 +24,7 @@ from typing import Any
 
 __all__ = [
     "OrthancHandle",
+    "OrthancTls",
     "RedisHandle",
     "ServiceError",
     "free_port",
@@ -154,6 +155,28 @@ def run_redis(
 
 
 @dataclass(frozen=True, slots=True)
+class OrthancTls:
+    """DICOM TLS for Orthanc's DICOM port (Orthanc 1.9 and newer).
+
+    Attributes
+    ----------
+    certificate : pathlib.Path
+        Orthanc's certificate (PEM).
+    private_key : pathlib.Path
+        Its private key (PEM).
+    trusted_certificates : pathlib.Path
+        Certificates (PEM) of the CAs or peers Orthanc trusts.
+    remote_certificate_required : bool
+        Whether a peer must present a certificate signed by one of them.
+    """
+
+    certificate: Path
+    private_key: Path
+    trusted_certificates: Path
+    remote_certificate_required: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class OrthancHandle:
     """A running Orthanc used as the archive."""
 
@@ -192,8 +215,12 @@ def run_orthanc(
     ae_title: str = "ORTHANC",
     *,
     dicomweb: bool = False,
+    tls: OrthancTls | None = None,
 ) -> Iterator[OrthancHandle]:
     """Run Debian's Orthanc on loopback with its storage in ``folder``.
+
+    With ``tls``, its DICOM port accepts DICOM TLS only (the REST API stays
+    plain HTTP on loopback).
 
     ``TCP_NODELAY=1`` is set in its environment: Orthanc 1.10 on Linux otherwise
     waits ~40 ms per instance on Nagle's algorithm.
@@ -222,6 +249,14 @@ def run_orthanc(
         "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
         "StableAge": 2,
     }
+    if tls is not None:
+        config |= {
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(tls.certificate),
+            "DicomTlsPrivateKey": str(tls.private_key),
+            "DicomTlsTrustedCertificates": str(tls.trusted_certificates),
+            "DicomTlsRemoteCertificateRequired": tls.remote_certificate_required,
+        }
     if dicomweb and not Path(DICOMWEB_PLUGIN).is_file():
         raise ServiceError("DICOMweb needs the Debian package 'orthanc-dicomweb'")
     config_path = folder / "orthanc.json"

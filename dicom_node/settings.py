@@ -34,6 +34,7 @@ from pydantic_settings import (
 __all__ = [
     "AllowedCaller",
     "BrokerSettings",
+    "ClientTlsSettings",
     "DestinationSettings",
     "ExportSettings",
     "JobSettings",
@@ -244,6 +245,37 @@ class JobSettings(_Section):
     )
 
 
+class ClientTlsSettings(_Section):
+    """TLS towards an archive: DICOM TLS (PS3.15 B.1, BCP 195) for dimse, HTTPS for dicomweb."""
+
+    enabled: bool = Field(default=False, description="Connect to this archive over TLS only.")
+    ca_certificates: Path | None = Field(
+        default=None,
+        description="CA bundle (PEM) that signs the archive's certificate; the system's CAs "
+        "when empty.",
+    )
+    certificate: Path | None = Field(
+        default=None, description="The node's client certificate (PEM), if the archive asks."
+    )
+    private_key: Path | None = Field(default=None, description="Its private key (PEM).")
+    server_name: str = Field(
+        default="",
+        description="Name the archive's certificate must carry (dimse); the destination's "
+        "host when empty. A dicomweb certificate is checked against the URL's host.",
+    )
+
+    @model_validator(mode="after")
+    def _check_files(self) -> ClientTlsSettings:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("tls.certificate and tls.private_key go together")
+        if not self.enabled:
+            return self
+        for path in (self.ca_certificates, self.certificate, self.private_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        return self
+
+
 class DestinationSettings(_Section):
     """An archive results are sent to: by C-STORE (dimse) or DICOMweb STOW-RS (dicomweb)."""
 
@@ -258,6 +290,9 @@ class DestinationSettings(_Section):
     username: str = Field(default="", description="HTTP basic user (dicomweb), optional.")
     password: SecretStr = Field(default=SecretStr(""), description="HTTP basic password.")
     timeout_s: float = Field(default=30, gt=0, description="Network and DIMSE timeout.")
+    tls: ClientTlsSettings = Field(
+        default_factory=ClientTlsSettings, description="TLS towards this archive."
+    )
 
     @model_validator(mode="after")
     def _check_kind(self) -> DestinationSettings:
@@ -265,6 +300,8 @@ class DestinationSettings(_Section):
             raise ValueError(
                 f"destination {self.name}: a dicomweb destination needs an http(s) url"
             )
+        if self.kind == "dicomweb" and self.tls.enabled and not self.url.startswith("https://"):
+            raise ValueError(f"destination {self.name}: TLS is on, so its url must be https")
         return self
 
 

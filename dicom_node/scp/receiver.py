@@ -22,10 +22,10 @@ from dicom_node.scp.handlers import (
     handle_requested,
     handle_store,
 )
-from dicom_node.scp.tls import server_context
 from dicom_node.settings import ScpSettings, StabilitySettings
 from dicom_node.spool import Spool
 from dicom_node.state import StateDB
+from dicom_node.tls import server_context
 
 __all__ = ["Receiver", "ReceiverHandle"]
 

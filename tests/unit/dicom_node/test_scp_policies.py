@@ -18,6 +18,7 @@ from dicom_node.settings import ScpSettings, StabilitySettings
 from dicom_node.spool import Spool
 from dicom_node.state import StateDB
 from dicom_node.state.schema import Association, Instance, Study
+from tests.certificates import make_certificates
 from tests.node_process import storescu
 
 
@@ -145,28 +146,13 @@ def test_one_association_many_studies_and_one_study_many_associations(
     assert counts == {a.study_uid: 8, b.study_uid: 8}
 
 
-def _make_certificates(folder: Path) -> tuple[Path, Path, Path, Path]:
-    """A CA, a server and a client certificate, made with the openssl CLI."""
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-        "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
-    for name in ("server", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-            "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-out", f"{name}.pem")  # fmt: skip
-    return folder / "ca.pem", folder / "server.pem", folder / "server.key", folder / "client.pem"
-
-
 def test_tls_with_client_certificates(started, small_study, tmp_path: Path) -> None:
     certs = tmp_path / "certs"
     certs.mkdir()
-    ca, cert, key, client = _make_certificates(certs)
-    tls = {"enabled": True, "certificate": cert, "private_key": key, "ca_certificates": ca,
-           "require_client_certificate": True}  # fmt: skip
+    made = make_certificates(certs)
+    ca, client = made.ca, made.client
+    tls = {"enabled": True, "certificate": made.server, "private_key": made.server_key,
+           "ca_certificates": ca, "require_client_certificate": True}  # fmt: skip
     started.append(_start(tmp_path, tls=tls))
     handle, _, state = started[0]
     base = ["storescu", "-v", "-aec", "DICOM_NODE", "-to", "5", "-ta", "5", "-td", "10"]
