@@ -156,6 +156,11 @@ class ScpSettings(_Section):
         le=64,
         description="Receiver processes sharing the port (SO_REUSEPORT); >1 uses several cores.",
     )
+    engine: Literal["pynetdicom", "builtin"] = Field(
+        default="pynetdicom",
+        description="DICOM upper layer of the receiver: pynetdicom's, or the node's own "
+        "(C-ECHO and C-STORE only, about twice as fast; see docs/conformance.md).",
+    )
     allow_list_enabled: bool = Field(
         default=False, description="Refuse associations from callers not in allowed_callers."
     )

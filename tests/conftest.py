@@ -53,3 +53,10 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancHandle]
     """A real Orthanc (Debian package) as the archive, for the whole session."""
     with run_orthanc(tmp_path_factory.mktemp("orthanc")) as handle:
         yield handle
+
+
+@pytest.fixture(params=["pynetdicom", "builtin"])
+def scp_engine(request: pytest.FixtureRequest) -> str:
+    """Each receiver test runs with both DICOM upper layers (``scp.engine``)."""
+    engine: str = request.param
+    return engine

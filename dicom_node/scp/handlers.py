@@ -1,41 +1,32 @@
-"""Event handlers of the Storage SCP, bound with their dependencies (pynetdicom style).
+"""pynetdicom event handlers of the Storage SCP, bound with their dependencies.
 
-:func:`handle_store` is an *intervention* handler: it must return a status and
-never raise, because pynetdicom turns an exception into a bare 0xC211 that tells
-the sender nothing. Its order is the durability contract (DESIGN.md promise 1):
-read header tags → validate UIDs → write the bytes as received to a temp file →
-fsync → rename → commit the row → return SUCCESS.
+A thin layer: each handler turns a pynetdicom event into a call of
+:mod:`dicom_node.scp.storage`, where the node's behaviour lives.
+:func:`handle_store` is an *intervention* handler: it returns a status and
+never raises, because pynetdicom turns an exception into a bare 0xC211 that
+tells the sender nothing.
 """
 
 from __future__ import annotations
 
-import datetime
-import logging
-import threading
-from dataclasses import dataclass, field
 from io import BytesIO
 from typing import cast
 
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pynetdicom import evt
-from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
-from dicom_node.errors import InvalidUID, SpoolFull
-from dicom_node.phi import study_tag
-from dicom_node.scp.part10 import file_meta_bytes, read_header
-from dicom_node.scp.status import StoreStatus
-from dicom_node.settings import AllowedCaller, StabilitySettings
-from dicom_node.spool import Spool
-from dicom_node.state import InstanceRecord, StateDB
-from dicom_node.state.schema import utcnow
-from dicom_node.uids import validate_uid
+from dicom_node.scp.storage import (
+    StoreContext,
+    StoreRequest,
+    association_released,
+    caller_allowed,
+    close_association,
+    open_association,
+    store_instance,
+)
 
 __all__ = [
-    "ROUTING_KEYWORDS",
-    "AssociationStats",
-    "StoreContext",
+    "handle_aborted",
     "handle_accepted",
     "handle_closed",
     "handle_echo",
@@ -44,82 +35,10 @@ __all__ = [
     "handle_store",
 ]
 
-logger = logging.getLogger(__name__)
-
-#: Header attributes kept per series for routing rules. Free text that routing
-#: needs (descriptions) is stored in the state DB but never logged.
-ROUTING_KEYWORDS = (
-    "Modality",
-    "SOPClassUID",
-    "SeriesDescription",
-    "StudyDescription",
-    "ProtocolName",
-    "BodyPartExamined",
-    "ImageType",
-    "SliceThickness",
-    "ImageOrientationPatient",
-    "SeriesNumber",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "ViewPosition",
-    "Laterality",
-    "ImageLaterality",
-    "Rows",
-    "Columns",
-)
-
-
-@dataclass(slots=True)
-class AssociationStats:
-    """Counters of one association, written to the association log at its end."""
-
-    row_id: int
-    calling_ae: str
-    instances: int = 0
-    size: int = 0
-    failures: int = 0
-    studies: set[str] = field(default_factory=set)
-    outcome: str = "open"
-
-
-@dataclass(slots=True)
-class StoreContext:
-    """What the handlers need: the spool, the state DB and the policies."""
-
-    spool: Spool
-    state: StateDB
-    stability: StabilitySettings
-    called_ae: str
-    accepted_sop_classes: frozenset[str] | None = None
-    #: None: anyone may associate. A list: only these callers (AE title and address).
-    allowed_callers: list[AllowedCaller] | None = None
-    associations: dict[int, AssociationStats] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Series this process has recorded: their routing attributes need no second read.
-    known_series: set[str] = field(default_factory=set)
-
-    def stats(self, assoc: Association) -> AssociationStats | None:
-        """Return the counters of an accepted association."""
-        with self.lock:
-            return self.associations.get(id(assoc))
-
-
-def _json_value(value: object) -> object:
-    """Turn a pydicom element value into something JSON can hold."""
-    if isinstance(value, MultiValue | list | tuple):
-        return [_json_value(v) for v in value]
-    if isinstance(value, int | float):
-        return value
-    return str(value)
-
-
-def _routing_attributes(ds: Dataset) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for keyword in ROUTING_KEYWORDS:
-        value = ds.get(keyword)
-        if value is not None and value != "":
-            out[keyword] = _json_value(value)
-    return out
+#: pynetdicom's DUL thread sleeps this long whenever its queue is empty (default
+#: 1 ms). Several hand-offs per C-STORE make that ~15 % of a single sender's time;
+#: 0.1 ms costs a little CPU only while an association is open.
+_DUL_LOOP_DELAY_S = 0.0001
 
 
 def handle_echo(event: evt.Event) -> int:  # noqa: ARG001
@@ -128,88 +47,39 @@ def handle_echo(event: evt.Event) -> int:  # noqa: ARG001
 
 
 def handle_requested(event: evt.Event, ctx: StoreContext) -> None:
-    """Refuse callers that the allow-list does not name, with A-ASSOCIATE-RJ.
-
-    The rejection is permanent, by the service user, with the reason "calling
-    AE title not recognized" (PS3.8 9.3.4): DICOM has no reason for a wrong
-    address, and a known AE title from an unknown address is treated as unknown.
-    """
-    if ctx.allowed_callers is None:
-        return
+    """Refuse callers that the allow-list does not name, with A-ASSOCIATE-RJ (1, 1, 3)."""
     primitive = event.assoc.requestor.primitive
     calling_ae = str(primitive.calling_ae_title if primitive else "").strip()
-    address = str(event.assoc.requestor.address)
-    if any(c.ae_title == calling_ae and c.allows(address) for c in ctx.allowed_callers):
+    if caller_allowed(ctx, calling_ae, str(event.assoc.requestor.address)):
         return
-    logger.warning("association refused: caller %s from %s is not allowed", calling_ae, address)
     event.assoc.acse.send_reject(0x01, 0x01, 0x03)
     event.assoc.kill()
-
-
-#: pynetdicom's DUL thread sleeps this long whenever its queue is empty (default
-#: 1 ms). Several hand-offs per C-STORE make that ~15 % of a single sender's time;
-#: 0.1 ms costs a little CPU only while an association is open.
-_DUL_LOOP_DELAY_S = 0.0001
 
 
 def handle_accepted(event: evt.Event, ctx: StoreContext) -> None:
     """Open an association log row when an association is accepted."""
     event.assoc.dul._run_loop_delay = _DUL_LOOP_DELAY_S
     requestor = event.assoc.requestor
-    calling_ae = str(requestor.ae_title).strip()
-    try:
-        row_id = ctx.state.open_association(calling_ae, ctx.called_ae, str(requestor.address))
-    except Exception:
-        logger.exception("could not open association log row")
-        row_id = 0
-    with ctx.lock:
-        ctx.associations[id(event.assoc)] = AssociationStats(row_id=row_id, calling_ae=calling_ae)
+    open_association(ctx, id(event.assoc), str(requestor.ae_title).strip(), str(requestor.address))
 
 
 def handle_released(event: evt.Event, ctx: StoreContext) -> None:
     """Note a release; senders configured for it complete their studies early."""
-    stats = ctx.stats(event.assoc)
-    if stats is None:
-        return
-    stats.outcome = "released"
-    source = next((s for s in ctx.stability.sources if s.ae_title == stats.calling_ae), None)
-    if source is not None and source.complete_on_release and stats.studies:
-        at = utcnow() + datetime.timedelta(seconds=ctx.stability.release_grace_seconds)
-        ctx.state.complete_early(stats.studies, at)
+    stats = ctx.stats(id(event.assoc))
+    if stats is not None:
+        association_released(ctx, stats)
 
 
 def handle_aborted(event: evt.Event, ctx: StoreContext) -> None:
     """Note an abort in the association log."""
-    stats = ctx.stats(event.assoc)
+    stats = ctx.stats(id(event.assoc))
     if stats is not None:
         stats.outcome = "aborted"
 
 
 def handle_closed(event: evt.Event, ctx: StoreContext) -> None:
     """Finish the association log row when the connection closes."""
-    with ctx.lock:
-        stats = ctx.associations.pop(id(event.assoc), None)
-    if stats is None or not stats.row_id:
-        return
-    try:
-        ctx.state.close_association(
-            stats.row_id,
-            instances=stats.instances,
-            size=stats.size,
-            failures=stats.failures,
-            outcome=stats.outcome if stats.outcome != "open" else "closed",
-        )
-    except Exception:
-        logger.exception("could not close association log row %d", stats.row_id)
-    logger.info(
-        "association %d from %s ended: %s instances=%d bytes=%d failures=%d",
-        stats.row_id,
-        stats.calling_ae,
-        stats.outcome,
-        stats.instances,
-        stats.size,
-        stats.failures,
-    )
+    close_association(ctx, id(event.assoc))
 
 
 def handle_store(event: evt.Event, ctx: StoreContext) -> int:
@@ -225,137 +95,15 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int:
     Returns
     -------
     int
-        A :class:`StoreStatus` value. SUCCESS only after the bytes are fsync'd
-        and the row is committed.
+        A :class:`~dicom_node.scp.status.StoreStatus` value.
     """
-    stats = ctx.stats(event.assoc)
-    try:
-        status = _store(event, ctx, stats)
-    except Exception:
-        logger.exception("unexpected error while storing an instance")
-        status = StoreStatus.PROCESSING_FAILURE
-    if stats is not None and status != StoreStatus.SUCCESS:
-        stats.failures += 1
-    return int(status)
-
-
-def _refuse(
-    ctx: StoreContext, status: StoreStatus, reason: str, data: list[bytes | memoryview]
-) -> StoreStatus:
-    path = ctx.spool.quarantine(data, f"0x{int(status):04X} {status.name}: {reason}")
-    logger.warning("refused instance 0x%04X: %s (quarantined as %s)", status, reason, path.name)
-    return status
-
-
-def _store(event: evt.Event, ctx: StoreContext, stats: AssociationStats | None) -> StoreStatus:
-    request = cast(C_STORE, event.request)
-    requested_class = str(request.AffectedSOPClassUID)
-    requested_uid = str(request.AffectedSOPInstanceUID)
-    transfer_syntax = event.context.transfer_syntax
-    stream = request.DataSet  # the data set as received, never re-encoded
-    if not isinstance(stream, BytesIO):
-        return _refuse(ctx, StoreStatus.CANNOT_UNDERSTAND, "C-STORE without a data set", [b""])
-    calling_ae = stats.calling_ae if stats else ""
-    # Part-10 bytes: our file meta, then the received buffer without a copy.
-    meta = file_meta_bytes(requested_class, requested_uid, transfer_syntax, calling_ae)
-    raw: list[bytes | memoryview] = [meta, stream.getbuffer()]
-
-    if ctx.accepted_sop_classes is not None and requested_class not in ctx.accepted_sop_classes:
-        return _refuse(
-            ctx, StoreStatus.SOP_CLASS_NOT_SUPPORTED, f"SOP class {requested_class} refused", raw
-        )
-    try:
-        ctx.spool.check_space()
-    except SpoolFull as exc:
-        logger.warning("refused instance 0xA700: %s", exc.reason)
-        return StoreStatus.OUT_OF_RESOURCES
-
-    try:
-        ds = read_header(stream, transfer_syntax)
-        sop_class = str(ds.get("SOPClassUID", "")).rstrip("\x00 ")
-        sop_uid = str(ds.get("SOPInstanceUID", "")).rstrip("\x00 ")
-        study_uid_raw = ds.get("StudyInstanceUID")
-        series_uid_raw = ds.get("SeriesInstanceUID")
-        known = str(series_uid_raw) in ctx.known_series
-        attributes: dict[str, object] = (
-            {"Modality": str(ds.get("Modality", ""))} if known else _routing_attributes(ds)
-        )
-        accession = str(ds.get("AccessionNumber", "") or "")
-        study_date = str(ds.get("StudyDate", "") or "")
-    except Exception as exc:  # pydicom raises many types on malformed input
-        return _refuse(
-            ctx,
-            StoreStatus.CANNOT_UNDERSTAND,
-            f"data set cannot be parsed ({type(exc).__name__})",
-            raw,
-        )
-
-    if sop_class != requested_class:
-        return _refuse(
-            ctx,
-            StoreStatus.DATASET_MISMATCH,
-            "SOPClassUID in the data set differs from the request",
-            raw,
-        )
-    if sop_uid != requested_uid:
-        return _refuse(
-            ctx,
-            StoreStatus.DATASET_MISMATCH,
-            "SOPInstanceUID in the data set differs from the request",
-            raw,
-        )
-    try:
-        study_uid = validate_uid(study_uid_raw, "StudyInstanceUID")
-        series_uid = validate_uid(series_uid_raw, "SeriesInstanceUID")
-        sop_uid = validate_uid(sop_uid, "SOPInstanceUID")
-        path = ctx.spool.instance_path(study_uid, series_uid, sop_uid)
-    except InvalidUID as exc:
-        return _refuse(ctx, StoreStatus.CANNOT_UNDERSTAND, exc.reason, raw)
-
-    # A stat() first: the state DB is asked only when the file is already there.
-    if path.exists() and ctx.state.has_instance(sop_uid):
-        # Already durable: a re-send of the same instance is stored once.
-        if stats is not None:
-            stats.instances += 1
-        return StoreStatus.SUCCESS
-
-    try:
-        size = ctx.spool.write_atomic(path, raw)
-    except SpoolFull as exc:
-        logger.warning("refused instance 0xA700: %s", exc.reason)
-        return StoreStatus.OUT_OF_RESOURCES
-    except OSError as exc:
-        logger.error("refused instance 0xA700: spool write failed (%s)", exc.strerror)
-        return StoreStatus.OUT_OF_RESOURCES
-
-    record = InstanceRecord(
-        study_uid=study_uid,
-        series_uid=series_uid,
-        sop_instance_uid=sop_uid,
-        sop_class_uid=sop_class,
-        transfer_syntax_uid=str(transfer_syntax),
-        path=ctx.spool.relative(path),
-        size=size,
-        calling_ae=calling_ae,
-        association_id=stats.row_id if stats else None,
-        modality=str(attributes.get("Modality", "")),
-        accession_number=accession,
-        study_date=study_date,
-        series_attributes=attributes,
+    primitive = cast(C_STORE, event.request)
+    stream = primitive.DataSet if isinstance(primitive.DataSet, BytesIO) else None
+    request = StoreRequest(
+        sop_class_uid=str(primitive.AffectedSOPClassUID),
+        sop_instance_uid=str(primitive.AffectedSOPInstanceUID),
+        transfer_syntax=event.context.transfer_syntax,
+        data=stream.getbuffer() if stream is not None else b"",
+        stream=stream,
     )
-    try:
-        ctx.state.record_instance(record)
-    except Exception:
-        # Without a committed row the instance is not ours: take the file back.
-        path.unlink(missing_ok=True)
-        logger.exception("state DB commit failed; instance refused")
-        return StoreStatus.OUT_OF_RESOURCES
-    if len(ctx.known_series) > 10_000:
-        ctx.known_series.clear()
-    ctx.known_series.add(series_uid)
-    if stats is not None:
-        stats.instances += 1
-        stats.size += size
-        stats.studies.add(study_uid)
-    logger.debug("stored study=%s sop_class=%s bytes=%d", study_tag(study_uid), sop_class, size)
-    return StoreStatus.SUCCESS
+    return store_instance(ctx, request, ctx.stats(id(event.assoc)))

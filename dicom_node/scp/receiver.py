@@ -13,7 +13,6 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.scp.handlers import (
-    StoreContext,
     handle_aborted,
     handle_accepted,
     handle_closed,
@@ -22,6 +21,8 @@ from dicom_node.scp.handlers import (
     handle_requested,
     handle_store,
 )
+from dicom_node.scp.storage import StoreContext
+from dicom_node.scp.upper_layer import UpperLayerServer
 from dicom_node.settings import ScpSettings, StabilitySettings
 from dicom_node.spool import Spool
 from dicom_node.state import StateDB
@@ -58,7 +59,7 @@ class _ReusePortServer(ThreadedAssociationServer):
 class ReceiverHandle:
     """A running receiver."""
 
-    server: ThreadedAssociationServer
+    server: ThreadedAssociationServer | UpperLayerServer
     host: str
     port: int
 
@@ -118,26 +119,37 @@ class Receiver:
             With the bound port (useful when the configured port is 0).
         """
         ctx = self.context
-        handlers: list[Any] = [
-            (evt.EVT_REQUESTED, handle_requested, [ctx]),
-            (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [ctx]),
-            (evt.EVT_ACCEPTED, handle_accepted, [ctx]),
-            (evt.EVT_RELEASED, handle_released, [ctx]),
-            (evt.EVT_ABORTED, handle_aborted, [ctx]),
-            (evt.EVT_CONN_CLOSE, handle_closed, [ctx]),
-        ]
-        # SO_REUSEPORT only when asked: a second node started by mistake must fail
-        # to bind instead of silently taking half the traffic.
-        server = self.ae.make_server(
-            (self.settings.host, self.settings.port),
-            evt_handlers=handlers,
-            ssl_context=server_context(self.settings.tls),
-            server_class=_ReusePortServer if reuse_port else ThreadedAssociationServer,
-        )
+        tls = server_context(self.settings.tls)
+        server: ThreadedAssociationServer | UpperLayerServer
+        if self.settings.engine == "builtin":
+            server = UpperLayerServer(self.settings, ctx, tls, reuse_port=reuse_port)
+        else:
+            handlers: list[Any] = [
+                (evt.EVT_REQUESTED, handle_requested, [ctx]),
+                (evt.EVT_C_ECHO, handle_echo),
+                (evt.EVT_C_STORE, handle_store, [ctx]),
+                (evt.EVT_ACCEPTED, handle_accepted, [ctx]),
+                (evt.EVT_RELEASED, handle_released, [ctx]),
+                (evt.EVT_ABORTED, handle_aborted, [ctx]),
+                (evt.EVT_CONN_CLOSE, handle_closed, [ctx]),
+            ]
+            # SO_REUSEPORT only when asked: a second node started by mistake must fail
+            # to bind instead of silently taking half the traffic.
+            server = self.ae.make_server(
+                (self.settings.host, self.settings.port),
+                evt_handlers=handlers,
+                ssl_context=tls,
+                server_class=_ReusePortServer if reuse_port else ThreadedAssociationServer,
+            )
+            # As AE.start_server does: the server's shutdown() removes itself from this list.
+            self.ae._servers.append(server)
         threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
-        # As AE.start_server does: the server's shutdown() removes itself from this list.
-        self.ae._servers.append(server)
         host, port = server.server_address[:2]
-        logger.info("receiving as %s on %s:%d", self.settings.ae_title, host, port)
+        logger.info(
+            "receiving as %s on %s:%d (%s)",
+            self.settings.ae_title,
+            host,
+            port,
+            self.settings.engine,
+        )
         return ReceiverHandle(server=server, host=str(host), port=int(port))

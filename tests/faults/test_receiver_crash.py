@@ -44,14 +44,18 @@ def _count(db: StateDB) -> int:
 
 @pytest.mark.parametrize("round_", [1, 2])
 def test_sigkill_mid_ingest_loses_no_acknowledged_instance(
-    tmp_path: Path, broker_url: str, round_: int
+    tmp_path: Path, broker_url: str, scp_engine: str, round_: int
 ) -> None:
     studies: list[PhantomStudy] = [
         ChestPhantom(slices=40, size=128, pixel_spacing_mm=2.8, seed=i).write(tmp_path / f"s{i}")
         for i in range(4)
     ]
     config = write_config(
-        tmp_path, broker_url, 1, stability={"quiet_seconds": 3, "poll_seconds": 0.25}
+        tmp_path,
+        broker_url,
+        1,
+        scp={"engine": scp_engine},
+        stability={"quiet_seconds": 3, "poll_seconds": 0.25},
     )
     db_url = f"sqlite:///{tmp_path / 'spool' / 'state.db'}"
     with run_node(config) as node:

@@ -85,10 +85,12 @@ def reference_scp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 
 @pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[tuple[ReceiverHandle, Spool, StateDB]]:
+def receiver(tmp_path: Path, scp_engine: str) -> Iterator[tuple[ReceiverHandle, Spool, StateDB]]:
     spool = Spool(tmp_path / "spool")
     state = StateDB(f"sqlite:///{tmp_path / 'state.db'}")
-    settings = ScpSettings(host="127.0.0.1", port=0, min_free_bytes=0, acse_timeout_s=5)
+    settings = ScpSettings(
+        host="127.0.0.1", port=0, min_free_bytes=0, acse_timeout_s=5, engine=scp_engine
+    )
     handle = Receiver(settings, StabilitySettings(), spool, state).start()
     yield handle, spool, state
     handle.stop()

@@ -29,9 +29,9 @@ def _listening_sockets(port: int) -> int:
 
 
 @pytest.mark.slow
-def test_three_receiver_processes_share_the_port(tmp_path: Path) -> None:
+def test_three_receiver_processes_share_the_port(tmp_path: Path, scp_engine: str) -> None:
     config = write_config(
-        tmp_path, "redis://127.0.0.1:1/0", 1, scp={"processes": 3},
+        tmp_path, "redis://127.0.0.1:1/0", 1, scp={"processes": 3, "engine": scp_engine},
         stability={"quiet_seconds": 3600},
     )  # fmt: skip
     studies = [

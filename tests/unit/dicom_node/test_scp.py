@@ -19,10 +19,12 @@ from tests.node_process import storescu
 
 
 @pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[tuple[ReceiverHandle, Spool, StateDB]]:
+def receiver(tmp_path: Path, scp_engine: str) -> Iterator[tuple[ReceiverHandle, Spool, StateDB]]:
     spool = Spool(tmp_path / "spool")
     state = StateDB(f"sqlite:///{tmp_path / 'spool' / 'state.db'}")
-    settings = ScpSettings(host="127.0.0.1", port=0, min_free_bytes=0, acse_timeout_s=5)
+    settings = ScpSettings(
+        host="127.0.0.1", port=0, min_free_bytes=0, acse_timeout_s=5, engine=scp_engine
+    )
     handle = Receiver(settings, StabilitySettings(), spool, state).start()
     yield handle, spool, state
     handle.stop()

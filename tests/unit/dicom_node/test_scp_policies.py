@@ -29,16 +29,27 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> PhantomStudy:
     )
 
 
-def _start(tmp_path: Path, **scp: object) -> tuple[ReceiverHandle, Spool, StateDB]:
-    spool = Spool(tmp_path / "spool", int(scp.pop("min_free_bytes", 0)))  # type: ignore[call-overload]
-    state = StateDB(f"sqlite:///{tmp_path / 'spool' / 'state.db'}")
-    settings = ScpSettings(host="127.0.0.1", port=0, acse_timeout_s=5, **scp)
-    return Receiver(settings, StabilitySettings(), spool, state).start(), spool, state
+class _Receivers(list[tuple[ReceiverHandle, Spool, StateDB]]):
+    """Receivers started by one test, all with the engine under test."""
+
+    def __init__(self, engine: str) -> None:
+        super().__init__()
+        self.engine = engine
+
+    def start(self, tmp_path: Path, **scp: object) -> tuple[ReceiverHandle, Spool, StateDB]:
+        spool = Spool(tmp_path / "spool", int(scp.pop("min_free_bytes", 0)))  # type: ignore[call-overload]
+        state = StateDB(f"sqlite:///{tmp_path / 'spool' / 'state.db'}")
+        settings = ScpSettings(
+            host="127.0.0.1", port=0, acse_timeout_s=5, engine=self.engine, **scp
+        )
+        started = (Receiver(settings, StabilitySettings(), spool, state).start(), spool, state)
+        self.append(started)
+        return started
 
 
 @pytest.fixture
-def started() -> Iterator[list[tuple[ReceiverHandle, Spool, StateDB]]]:
-    running: list[tuple[ReceiverHandle, Spool, StateDB]] = []
+def started(scp_engine: str) -> Iterator[_Receivers]:
+    running = _Receivers(scp_engine)
     yield running
     for handle, _, state in running:
         handle.stop()
@@ -69,7 +80,7 @@ def _rows(state: StateDB) -> list[Instance]:
 
 
 def test_sop_instance_mismatch_is_0xA900(started, small_study, tmp_path: Path) -> None:
-    started.append(_start(tmp_path))
+    started.start(tmp_path)
     handle, spool, state = started[0]
     ds = pydicom.dcmread(small_study.paths[0])
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -82,7 +93,7 @@ def test_sop_instance_mismatch_is_0xA900(started, small_study, tmp_path: Path) -
 
 
 def test_missing_study_uid_is_0xC000(started, small_study, tmp_path: Path) -> None:
-    started.append(_start(tmp_path))
+    started.start(tmp_path)
     handle, spool, state = started[0]
     ds = pydicom.dcmread(small_study.paths[0])
     del ds.StudyInstanceUID
@@ -96,7 +107,7 @@ def test_missing_study_uid_is_0xC000(started, small_study, tmp_path: Path) -> No
 
 def test_refused_sop_class_is_0x0122(started, small_study, tmp_path: Path) -> None:
     mr_storage = "1.2.840.10008.5.1.4.1.1.4"
-    started.append(_start(tmp_path, accepted_sop_classes=[mr_storage]))
+    started.start(tmp_path, accepted_sop_classes=[mr_storage])
     handle, spool, state = started[0]
     assert _send_with_pynetdicom(handle.port, small_study.paths[0]) == 0x0122
     assert _rows(state) == []
@@ -104,7 +115,7 @@ def test_refused_sop_class_is_0x0122(started, small_study, tmp_path: Path) -> No
 
 
 def test_disk_below_watermark_is_0xA700(started, small_study, tmp_path: Path) -> None:
-    started.append(_start(tmp_path, min_free_bytes=1 << 62))
+    started.start(tmp_path, min_free_bytes=1 << 62)
     handle, spool, state = started[0]
     assert _send_with_pynetdicom(handle.port, small_study.paths[0]) == StoreStatus.OUT_OF_RESOURCES
     assert _rows(state) == []
@@ -116,7 +127,7 @@ def test_allow_list_rejects_unknown_caller_and_wrong_address(
 ) -> None:
     callers = [{"ae_title": "KNOWN_CT", "addresses": ["127.0.0.0/8"]},
                {"ae_title": "ELSEWHERE", "addresses": ["10.1.2.3"]}]  # fmt: skip
-    started.append(_start(tmp_path, allow_list_enabled=True, allowed_callers=callers))
+    started.start(tmp_path, allow_list_enabled=True, allowed_callers=callers)
     handle, _, state = started[0]
     for caller in ("STRANGER", "ELSEWHERE"):
         result = storescu(handle.port, [small_study.paths[0]], calling_ae=caller)
@@ -132,7 +143,7 @@ def test_allow_list_rejects_unknown_caller_and_wrong_address(
 def test_one_association_many_studies_and_one_study_many_associations(
     started, tmp_path: Path
 ) -> None:
-    started.append(_start(tmp_path))
+    started.start(tmp_path)
     handle, _, state = started[0]
     a = ChestPhantom(slices=8, size=64, pixel_spacing_mm=5.6).write(tmp_path / "a")
     b = ChestPhantom(slices=8, size=64, pixel_spacing_mm=5.6).write(tmp_path / "b")
@@ -153,7 +164,7 @@ def test_tls_with_client_certificates(started, small_study, tmp_path: Path) -> N
     ca, client = made.ca, made.client
     tls = {"enabled": True, "certificate": made.server, "private_key": made.server_key,
            "ca_certificates": ca, "require_client_certificate": True}  # fmt: skip
-    started.append(_start(tmp_path, tls=tls))
+    started.start(tmp_path, tls=tls)
     handle, _, state = started[0]
     base = ["storescu", "-v", "-aec", "DICOM_NODE", "-to", "5", "-ta", "5", "-td", "10"]
     plain = subprocess.run(
