@@ -11,7 +11,7 @@ SCP needs far less of the upper layer, so this module speaks just that part
    too many associations, a caller the allow-list refuses) or A-ASSOCIATE-AC
    (presentation contexts negotiated as pynetdicom's *unrestricted storage
    service* does: any storage-like abstract syntax with the first transfer
-   syntax proposed; Verification with Implicit or Explicit VR Little Endian);
+   syntax proposed; Verification in pynetdicom's four default transfer syntaxes);
 3. P-DATA-TF: C-ECHO-RQ and C-STORE-RQ messages, each answered after
    :func:`dicom_node.scp.storage.store_instance` returns, so success still
    comes only after fsync and commit; any other command gets 0x0211;
@@ -74,7 +74,13 @@ MAX_PDU_LENGTH = 4 * 1024 * 1024
 #: An A-ASSOCIATE-RQ larger than this is not a real one.
 _MAX_ASSOCIATE_RQ = 64 * 1024
 _VERIFICATION = "1.2.840.10008.1.1"
-_VERIFICATION_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+#: As pynetdicom's default: Implicit and Explicit VR Little Endian, Deflated, Explicit Big Endian.
+_VERIFICATION_SYNTAXES = (
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.2",
+)
 
 # DIMSE (PS3.7 E.1): element numbers in group 0000 and command fields.
 _AFFECTED_SOP_CLASS = 0x0002
