@@ -1,7 +1,8 @@
 """Ingest throughput: dcmtk ``storescp``, Orthanc and ``dicom-node serve`` side by side.
 
 One run sends the same synthetic CT study (``ChestPhantom``, 512x512 16-bit
-slices) with dcmtk ``storescu`` to three receivers on loopback and prints, for
+slices) with dcmtk ``storescu`` to four receivers on loopback (the node once
+with each ``scp.engine``) and prints, for
 each, the median wall time over ``--repeat`` repetitions, the throughput and
 the ratio to the dcmtk anchor. It does this twice: one ``storescu`` sending
 everything, then four ``storescu`` processes sending disjoint quarters at once
@@ -216,7 +217,9 @@ def node_supports_processes() -> bool:
     return "processes" in ScpSettings.model_fields
 
 
-def write_node_config(folder: Path, processes: int | None) -> tuple[Path, int]:
+def write_node_config(
+    folder: Path, processes: int | None, engine: str = "pynetdicom"
+) -> tuple[Path, int]:
     """Write a ``dicom-node serve`` configuration that receives and never routes.
 
     Parameters
@@ -225,6 +228,8 @@ def write_node_config(folder: Path, processes: int | None) -> tuple[Path, int]:
         Fresh folder for this repetition; the spool goes in ``folder/spool``.
     processes : int or None
         ``scp.processes``, written only when given and supported.
+    engine : str
+        ``scp.engine``: ``pynetdicom`` or ``builtin``.
 
     Returns
     -------
@@ -237,6 +242,7 @@ def write_node_config(folder: Path, processes: int | None) -> tuple[Path, int]:
         "host": "127.0.0.1",
         "port": port,
         "min_free_bytes": 0,
+        "engine": engine,
     }
     if processes is not None and node_supports_processes():
         scp["processes"] = processes
@@ -255,7 +261,7 @@ def write_node_config(folder: Path, processes: int | None) -> tuple[Path, int]:
 
 
 @contextmanager
-def dicom_node(folder: Path, processes: int | None) -> Iterator[Receiver]:
+def dicom_node(folder: Path, processes: int | None, engine: str) -> Iterator[Receiver]:
     """Run ``python -m dicom_node serve`` with a fresh spool.
 
     Yields
@@ -264,7 +270,7 @@ def dicom_node(folder: Path, processes: int | None) -> Iterator[Receiver]:
         The running node; ``count`` is the number of ``instances/**/*.dcm`` in its spool.
     """
     folder.mkdir(parents=True)
-    config_path, port = write_node_config(folder, processes)
+    config_path, port = write_node_config(folder, processes, engine)
     instances = folder / "spool" / "instances"
     log_path = folder / "node.log"
     with log_path.open("wb") as log:
@@ -453,7 +459,10 @@ def _tool_version(args: list[str]) -> str:
 
 def print_header(args: argparse.Namespace, study_bytes: int, files: int) -> None:
     """Print the machine, the study, the method and the caveats."""
-    print("ingest benchmark: storescu -> storescp | Orthanc | dicom-node serve (127.0.0.1)")
+    print(
+        "ingest benchmark: storescu -> storescp | Orthanc | dicom-node serve, "
+        "scp.engine pynetdicom and builtin (127.0.0.1)"
+    )
     machine = f"nproc={os.cpu_count()}, {platform.platform()}"
     print(f"machine: {machine}, python {platform.python_version()}")
     dcmtk = _tool_version(["storescp", "--version"])
@@ -549,7 +558,10 @@ def main(argv: list[str] | None = None) -> int:
         runs_dir.mkdir()
 
         def node(folder: Path) -> AbstractContextManager[Receiver]:
-            return dicom_node(folder, args.node_processes)
+            return dicom_node(folder, args.node_processes, "pynetdicom")
+
+        def node_builtin(folder: Path) -> AbstractContextManager[Receiver]:
+            return dicom_node(folder, args.node_processes, "builtin")
 
         single = Target("storescp", "storescp", lambda f: storescp(f, fork=False))
         forked = Target("storescp --fork", "storescp-fork", lambda f: storescp(f, fork=True))
@@ -561,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
                 anchor,
                 Target("orthanc", "orthanc", orthanc),
                 Target("dicom-node", "node", node),
+                Target("dicom-node builtin", "node-builtin", node_builtin),
             ]
             rows = []
             for target in targets:
