@@ -14,6 +14,7 @@ from dicom_node.services import OrthancHandle, OrthancTls, orthanc_rest, run_ort
 from dicom_node.settings import ClientTlsSettings, DestinationSettings
 from dicom_node.tls import client_context
 from tests.certificates import Certificates, make_certificates
+from tests.tls_proxy import https_front
 
 pytestmark = pytest.mark.slow
 
@@ -162,3 +163,35 @@ def test_tls_settings_are_checked(certs: Certificates, tmp_path: Path) -> None:
         DestinationSettings(
             name="web", kind="dicomweb", url="http://pacs/dicom-web", tls={"enabled": True}
         )
+
+
+@pytest.fixture(scope="module")
+def web_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancHandle]:
+    with run_orthanc(tmp_path_factory.mktemp("orthanc-web"), dicomweb=True) as handle:
+        yield handle
+
+
+def _web(port: int, **tls: object) -> DestinationSettings:
+    return DestinationSettings(
+        name="web-secure",
+        kind="dicomweb",
+        url=f"https://localhost:{port}/dicom-web",
+        timeout_s=10,
+        tls=ClientTlsSettings(**tls),
+    )
+
+
+def test_stow_over_https_verifies_the_archive(
+    web_orthanc: OrthancHandle, certs: Certificates, stranger: Certificates, tmp_path: Path
+) -> None:
+    study, other = _study(tmp_path), _study(tmp_path / "other")
+    with https_front(web_orthanc.http_port, certs.server, certs.server_key) as port:
+        trusted = _web(port, enabled=True, ca_certificates=certs.ca)
+        results = send_files("DICOM_NODE", trusted, list(study.paths))
+        untrusted = _web(port, enabled=True, ca_certificates=stranger.ca)
+        refused = send_files("DICOM_NODE", untrusted, list(other.paths))
+    assert [r.error for r in results] == [""] * 8
+    assert _held(web_orthanc, study) == 8
+    assert not any(r.ok for r in refused)
+    assert "CERTIFICATE_VERIFY_FAILED" in refused[0].error
+    assert _held(web_orthanc, other) == 0
