@@ -131,3 +131,9 @@ def storescu(
         env=dict(os.environ, TCP_NODELAY="1"),
         check=False,
     )
+
+
+def child_pids(pid: int) -> list[int]:
+    """The PIDs of a process's children (a Celery worker's pool processes)."""
+    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in result.stdout.split()]

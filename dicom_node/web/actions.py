@@ -7,8 +7,10 @@ the job page) and goes back to the outbox as QUEUED, never sent.
 
 **Cancel** makes the job SKIPPED with the reason "cancelled by <user>" (no new
 state: every part of the node already treats SKIPPED as an end), gives up its
-pending exports, and revokes its Celery task so a worker that has not started
-it drops it. A worker already running it finishes, but its result is ignored.
+pending exports, and revokes its Celery task: a worker that has not started it
+drops it, and the pool process already running it is terminated (the worker
+starts a fresh one), so a runaway model stops holding its GPU or CPU. Whatever
+it wrote is never exported: the node ignores the result of a SKIPPED job.
 """
 
 from __future__ import annotations
@@ -89,5 +91,5 @@ def cancel(ctx: WebContext, user: WebUser, job_id: int) -> str:
         raise ActionRefused(f"job {job_id} changed state meanwhile; reload and try again")
     logger.info("job %d cancelled by %s", job_id, user.name)
     if detail.task_id:
-        ctx.probe.revoke(detail.task_id)
+        ctx.probe.revoke(detail.task_id, terminate=True)
     return f"job {job_id}: cancelled"

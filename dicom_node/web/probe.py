@@ -143,10 +143,19 @@ class BrokerProbe:
                 self._celery = make_producer(self._broker)
             return self._celery
 
-    def revoke(self, task_id: str) -> bool:
-        """Ask workers to drop a task they have not started; False if the broker is away."""
+    def revoke(self, task_id: str, *, terminate: bool = False) -> bool:
+        """Ask workers to drop a task; False if the broker is away.
+
+        Parameters
+        ----------
+        task_id : str
+            The Celery task ID.
+        terminate : bool
+            Also end the pool process running it, if one is (SIGTERM; the worker
+            starts a fresh one). Without it a running task finishes.
+        """
         try:
-            self._app().control.revoke(task_id)
+            self._app().control.revoke(task_id, terminate=terminate, signal="SIGTERM")
         except Exception as exc:  # kombu raises several types when Redis is away
             logger.warning("revoke failed: %s", type(exc).__name__)
             return False

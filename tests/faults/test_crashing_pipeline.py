@@ -13,14 +13,13 @@ import json
 import shutil
 from pathlib import Path
 
-import pydicom
 import pytest
 
 from dicom_node.phantom import ChestPhantom
 from dicom_node.services import OrthancHandle, orthanc_rest, wait_until
 from dicom_node.state import JobState, StateDB
 from tests.node_process import REPO, run_node, run_worker, storescu, write_config
-from tests.unit.pipelines.bundles import write_pipeline_yaml, write_threshold_bundle
+from tests.unit.pipelines.bundles import relabel, write_pipeline_yaml, write_threshold_bundle
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
@@ -33,13 +32,6 @@ def _crashing_bundle(root: Path) -> Path:
     config["network_def"] = "$os.kill(os.getpid(), signal.SIGKILL)"
     config_path.write_text(json.dumps(config))
     return root
-
-
-def _relabel(paths: list[Path], description: str) -> None:
-    for path in paths:
-        ds = pydicom.dcmread(path)
-        ds.SeriesDescription = description
-        ds.save_as(path)
 
 
 @pytest.mark.parametrize("round_", [1, 2])
@@ -58,7 +50,7 @@ def test_pipeline_that_kills_its_worker_fails_after_the_limit(
     small = {"slices": 20, "size": 128, "pixel_spacing_mm": 2.8, "slice_thickness_mm": 5.0}
     crashing = ChestPhantom(seed=600 + round_, **small).write(tmp_path / "crash")
     healthy = ChestPhantom(seed=700 + round_, **small).write(tmp_path / "healthy")
-    _relabel(list(crashing.paths), "CRASH TEST")
+    relabel(list(crashing.paths), "CRASH TEST")
     config = write_config(
         tmp_path, broker_url, orthanc.dicom_port,
         pipelines_dir=str(pipelines), jobs={"max_attempts": 2},

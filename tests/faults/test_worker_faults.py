@@ -28,7 +28,7 @@ from dicom_node.services import (
     wait_until,
 )
 from dicom_node.state import JobState, StateDB
-from tests.node_process import REPO, run_node, run_worker, storescu, write_config
+from tests.node_process import REPO, child_pids, run_node, run_worker, storescu, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
@@ -74,11 +74,6 @@ def _exactly_once(orthanc: OrthancHandle, study_uid: str) -> None:
     }
 
 
-def _children(pid: int) -> list[int]:
-    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    return [int(p) for p in result.stdout.split()]
-
-
 @pytest.fixture
 def db_of() -> Iterator[list[StateDB]]:
     opened: list[StateDB] = []
@@ -100,7 +95,7 @@ def test_worker_killed_mid_inference_still_exactly_once(
         first_delivery = node.spool_dir / "jobs" / "1" / "deliveries" / "1"
         wait_until(first_delivery.exists, 120, "the job to start on the worker", interval_s=0.02)
         # The job is running in a pool process: kill that process, as the OOM killer would.
-        pool = _children(worker.pid)
+        pool = child_pids(worker.pid)
         assert pool, "the Celery worker has no pool process"
         for pid in pool:
             os.kill(pid, signal.SIGKILL)
@@ -228,7 +223,7 @@ def test_whole_worker_killed_then_replaced_still_exactly_once(
             assert storescu(node.port, list(study.paths)).returncode == 0
             first_delivery = node.spool_dir / "jobs" / "1" / "deliveries" / "1"
             wait_until(first_delivery.exists, 120, "the job to start", interval_s=0.02)
-            for pid in [*_children(worker.pid), worker.pid]:
+            for pid in [*child_pids(worker.pid), worker.pid]:
                 os.kill(pid, signal.SIGKILL)
             worker.wait(timeout=10)
         assert db.jobs([JobState.DONE]) == []

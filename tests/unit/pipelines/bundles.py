@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import torch
 import yaml
 
@@ -116,3 +117,11 @@ def write_pipeline_yaml(folder: Path, bundle: Path, **changes: Any) -> Path:
     path = folder / "ct-test-bundle.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def relabel(paths: list[Path], description: str) -> None:
+    """Give a written series another Series Description (what selection rules match)."""
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SeriesDescription = description
+        ds.save_as(path)
