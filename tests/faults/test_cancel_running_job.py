@@ -8,7 +8,6 @@ own state DB and broker.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -22,20 +21,14 @@ from dicom_node.state import JobState, StateDB
 from dicom_node.web import create_app
 from dicom_node.web.auth import hash_password
 from tests.node_process import REPO, child_pids, run_node, run_worker, storescu, write_config
-from tests.unit.pipelines.bundles import relabel, write_pipeline_yaml, write_threshold_bundle
+from tests.unit.pipelines.bundles import relabel, write_bundle_with_network, write_pipeline_yaml
 from tests.unit.web.conftest import PASSWORDS, login
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def _stuck_bundle(root: Path) -> Path:
-    write_threshold_bundle(root)
-    config_path = root / "configs" / "inference.json"
-    config = json.loads(config_path.read_text())
-    config["imports"] = ["$import time", "$import torch"]
-    config["network_def"] = "$time.sleep(3600)"
-    config_path.write_text(json.dumps(config))
-    return root
+    return write_bundle_with_network(root, ["$import time", "$import torch"], "$time.sleep(3600)")
 
 
 def test_cancel_terminates_the_running_job_and_the_worker_goes_on(

@@ -9,7 +9,6 @@ delivery count must end it.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -19,19 +18,14 @@ from dicom_node.phantom import ChestPhantom
 from dicom_node.services import OrthancHandle, orthanc_rest, wait_until
 from dicom_node.state import JobState, StateDB
 from tests.node_process import REPO, run_node, run_worker, storescu, write_config
-from tests.unit.pipelines.bundles import relabel, write_pipeline_yaml, write_threshold_bundle
+from tests.unit.pipelines.bundles import relabel, write_bundle_with_network, write_pipeline_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def _crashing_bundle(root: Path) -> Path:
-    write_threshold_bundle(root)
-    config_path = root / "configs" / "inference.json"
-    config = json.loads(config_path.read_text())
-    config["imports"] = ["$import os", "$import signal", "$import torch"]
-    config["network_def"] = "$os.kill(os.getpid(), signal.SIGKILL)"
-    config_path.write_text(json.dumps(config))
-    return root
+    imports = ["$import os", "$import signal", "$import torch"]
+    return write_bundle_with_network(root, imports, "$os.kill(os.getpid(), signal.SIGKILL)")
 
 
 @pytest.mark.parametrize("round_", [1, 2])

@@ -125,3 +125,24 @@ def relabel(paths: list[Path], description: str) -> None:
         ds = pydicom.dcmread(path)
         ds.SeriesDescription = description
         ds.save_as(path)
+
+
+def write_bundle_with_network(root: Path, imports: list[str], network_def: str) -> Path:
+    """The threshold bundle with another ``network_def``: a model that misbehaves on load.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        The bundle directory (created).
+    imports : list[str]
+        The config's ``imports`` (``"$import os"`` ...).
+    network_def : str
+        The expression that builds the network, e.g. ``"$time.sleep(3600)"``.
+    """
+    write_threshold_bundle(root)
+    config_path = root / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
+    config["imports"] = imports
+    config["network_def"] = network_def
+    config_path.write_text(json.dumps(config))
+    return root
