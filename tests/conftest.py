@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import Literal
 
 import pydicom
 import pytest
@@ -56,7 +57,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancHandle]
 
 
 @pytest.fixture(params=["pynetdicom", "builtin"])
-def scp_engine(request: pytest.FixtureRequest) -> str:
+def scp_engine(request: pytest.FixtureRequest) -> Literal["pynetdicom", "builtin"]:
     """Each receiver test runs with both DICOM upper layers (``scp.engine``)."""
-    engine: str = request.param
+    engine: Literal["pynetdicom", "builtin"] = request.param
     return engine

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -42,7 +43,12 @@ def test_cancel_terminates_the_running_job_and_the_worker_goes_on(
         _stuck_bundle(tmp_path / "bundle"),
         selection={"rules": [{"name": "stuck", "conditions": {"SeriesDescription": "^STUCK"}}]},
     )
-    small = {"slices": 20, "size": 128, "pixel_spacing_mm": 2.8, "slice_thickness_mm": 5.0}
+    small: dict[str, Any] = {
+        "slices": 20,
+        "size": 128,
+        "pixel_spacing_mm": 2.8,
+        "slice_thickness_mm": 5.0,
+    }
     stuck = ChestPhantom(seed=900, **small).write(tmp_path / "stuck")
     healthy = ChestPhantom(seed=901, **small).write(tmp_path / "healthy")
     relabel(list(stuck.paths), "STUCK TEST")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,12 @@ def test_pipeline_that_kills_its_worker_fails_after_the_limit(
         bundle,
         selection={"rules": [{"name": "crash", "conditions": {"SeriesDescription": "^CRASH"}}]},
     )
-    small = {"slices": 20, "size": 128, "pixel_spacing_mm": 2.8, "slice_thickness_mm": 5.0}
+    small: dict[str, Any] = {
+        "slices": 20,
+        "size": 128,
+        "pixel_spacing_mm": 2.8,
+        "slice_thickness_mm": 5.0,
+    }
     crashing = ChestPhantom(seed=600 + round_, **small).write(tmp_path / "crash")
     healthy = ChestPhantom(seed=700 + round_, **small).write(tmp_path / "healthy")
     relabel(list(crashing.paths), "CRASH TEST")

@@ -84,7 +84,7 @@ def db_of() -> Iterator[list[StateDB]]:
 
 @pytest.mark.parametrize("round_", [1, 2])
 def test_worker_killed_mid_inference_still_exactly_once(
-    tmp_path: Path, broker_url: str, orthanc: OrthancHandle, db_of, round_: int
+    tmp_path: Path, broker_url: str, orthanc: OrthancHandle, db_of: list[StateDB], round_: int
 ) -> None:
     study = _study(tmp_path / "ct", seed=100 + round_, slices=100, size=512)
     config = write_config(tmp_path, broker_url, orthanc.dicom_port)
@@ -107,7 +107,7 @@ def test_worker_killed_mid_inference_still_exactly_once(
 
 @pytest.mark.parametrize("fault", ["restart", "flush"])
 def test_redis_restart_or_flush_with_jobs_queued_loses_nothing(
-    tmp_path: Path, orthanc: OrthancHandle, db_of, fault: str
+    tmp_path: Path, orthanc: OrthancHandle, db_of: list[StateDB], fault: str
 ) -> None:
     studies = [_study(tmp_path / f"ct{i}", seed=200 + i) for i in range(2)]
     redis_dir, redis_port = tmp_path / "redis", free_port()
@@ -149,7 +149,7 @@ def _archive(folder: Path, dicom_port: int, http_port: int) -> ExitStack:
 
 
 def test_archive_down_then_back_delivers_without_help(
-    tmp_path: Path, broker_url: str, db_of
+    tmp_path: Path, broker_url: str, db_of: list[StateDB]
 ) -> None:
     study = _study(tmp_path / "ct", seed=300)
     archive_dir, dicom_port, http_port = tmp_path / "orthanc", free_port(), free_port()
@@ -174,7 +174,7 @@ def test_archive_down_then_back_delivers_without_help(
 
 
 def test_archive_down_past_the_budget_fails_visibly_and_retry_delivers(
-    tmp_path: Path, broker_url: str, db_of
+    tmp_path: Path, broker_url: str, db_of: list[StateDB]
 ) -> None:
     study = _study(tmp_path / "ct", seed=400)
     archive_dir, dicom_port, http_port = tmp_path / "orthanc", free_port(), free_port()
@@ -207,7 +207,7 @@ def test_archive_down_past_the_budget_fails_visibly_and_retry_delivers(
 
 
 def test_whole_worker_killed_then_replaced_still_exactly_once(
-    tmp_path: Path, broker_url: str, orthanc: OrthancHandle, db_of
+    tmp_path: Path, broker_url: str, orthanc: OrthancHandle, db_of: list[StateDB]
 ) -> None:
     """The worker's main process dies too: its reserved message would wait an hour in
     Redis (the visibility timeout); the node notices no live worker runs it."""

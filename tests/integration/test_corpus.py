@@ -20,6 +20,7 @@ import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pydicom
 import pytest
@@ -85,7 +86,9 @@ def reference_scp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 
 @pytest.fixture
-def receiver(tmp_path: Path, scp_engine: str) -> Iterator[tuple[ReceiverHandle, Spool, StateDB]]:
+def receiver(
+    tmp_path: Path, scp_engine: Literal["pynetdicom", "builtin"]
+) -> Iterator[tuple[ReceiverHandle, Spool, StateDB]]:
     spool = Spool(tmp_path / "spool")
     state = StateDB(f"sqlite:///{tmp_path / 'state.db'}")
     settings = ScpSettings(
@@ -98,7 +101,9 @@ def receiver(tmp_path: Path, scp_engine: str) -> Iterator[tuple[ReceiverHandle, 
 
 
 def test_every_shipped_file_is_stored_identical_or_refused(
-    receiver, reference_scp, tmp_path: Path
+    receiver: tuple[ReceiverHandle, Spool, StateDB],
+    reference_scp: tuple[int, Path],
+    tmp_path: Path,
 ) -> None:
     handle, spool, state = receiver
     ref_port, ref_folder = reference_scp

@@ -117,7 +117,9 @@ def test_admin_follows_a_study_and_retries_a_failure(
             120, "the second job FAILED", interval_s=0.5,
         )  # fmt: skip
         bad_job = _job_of(state, bad.study_uid)
-        assert "missing from the spool" in state.job(bad_job).reason
+        bad_view = state.job(bad_job)
+        assert bad_view is not None
+        assert "missing from the spool" in bad_view.reason
 
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         # Nothing is visible without logging in.
@@ -176,7 +178,7 @@ def test_admin_follows_a_study_and_retries_a_failure(
         _shot(page, "06-job-retried")
 
         def finished() -> bool:
-            answer = page.request.get(f"{url}/api/jobs/{bad_job}").json()
+            answer: dict[str, object] = page.request.get(f"{url}/api/jobs/{bad_job}").json()
             assert answer["state"] != "FAILED", answer["reason"]
             return answer["state"] == "DONE"
 

@@ -58,7 +58,9 @@ def delivered(
     return study, found, folder
 
 
-def test_seg_and_sr_pass_dciodvfy(delivered, tmp_path: Path) -> None:
+def test_seg_and_sr_pass_dciodvfy(
+    delivered: tuple[PhantomStudy, dict[str, pydicom.Dataset], Path], tmp_path: Path
+) -> None:
     _, found, _ = delivered
     for modality, ds in found.items():
         path = tmp_path / f"{modality}.dcm"
@@ -66,7 +68,9 @@ def test_seg_and_sr_pass_dciodvfy(delivered, tmp_path: Path) -> None:
         assert dciodvfy_errors(path) == [], modality
 
 
-def test_seg_references_source_series_and_geometry(delivered) -> None:
+def test_seg_references_source_series_and_geometry(
+    delivered: tuple[PhantomStudy, dict[str, pydicom.Dataset], Path],
+) -> None:
     study, found, _ = delivered
     seg = found["SEG"]
     assert seg.FrameOfReferenceUID == study.frame_of_reference_uid
@@ -89,7 +93,9 @@ def test_seg_references_source_series_and_geometry(delivered) -> None:
     assert set(segment_labels(seg).values()) == set(LABEL_KEYS)
 
 
-def test_volumes_within_five_percent(delivered) -> None:
+def test_volumes_within_five_percent(
+    delivered: tuple[PhantomStudy, dict[str, pydicom.Dataset], Path],
+) -> None:
     study, found, _ = delivered
     labels = segment_labels(found["SEG"])
     measured = sr_measurements(found["SR"])
@@ -100,7 +106,9 @@ def test_volumes_within_five_percent(delivered) -> None:
         assert volume == pytest.approx(truth, rel=0.05), label
 
 
-def test_sr_references_seg_and_sources(delivered) -> None:
+def test_sr_references_seg_and_sources(
+    delivered: tuple[PhantomStudy, dict[str, pydicom.Dataset], Path],
+) -> None:
     study, found, _ = delivered
     sr, seg = found["SR"], found["SEG"]
     evidence = {
@@ -113,7 +121,9 @@ def test_sr_references_seg_and_sources(delivered) -> None:
     assert evidence & source_uids
 
 
-def test_seg_pixels_cover_the_lungs(delivered) -> None:
+def test_seg_pixels_cover_the_lungs(
+    delivered: tuple[PhantomStudy, dict[str, pydicom.Dataset], Path],
+) -> None:
     _, found, _ = delivered
     seg = found["SEG"]
     pixels = seg.pixel_array
@@ -121,7 +131,9 @@ def test_seg_pixels_cover_the_lungs(delivered) -> None:
     assert np.count_nonzero(pixels) > 0
 
 
-def test_no_patient_data_in_any_log(delivered) -> None:
+def test_no_patient_data_in_any_log(
+    delivered: tuple[PhantomStudy, dict[str, pydicom.Dataset], Path],
+) -> None:
     study, _, folder = delivered
     first_source = pydicom.dcmread(study.paths[0], stop_before_pixels=True).SOPInstanceUID
     logs = [folder / "node.log", folder / "worker.log"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,7 @@ def tls_orthanc(
         yield handle
 
 
-def _destination(orthanc: OrthancHandle, **tls: object) -> DestinationSettings:
+def _destination(orthanc: OrthancHandle, **tls: Any) -> DestinationSettings:
     return DestinationSettings(
         name="secure",
         ae_title=orthanc.ae_title,
@@ -161,7 +162,10 @@ def test_tls_settings_are_checked(certs: Certificates, tmp_path: Path) -> None:
         ClientTlsSettings(enabled=True, ca_certificates=tmp_path / "missing.pem")
     with pytest.raises(ValueError, match="must be https"):
         DestinationSettings(
-            name="web", kind="dicomweb", url="http://pacs/dicom-web", tls={"enabled": True}
+            name="web",
+            kind="dicomweb",
+            url="http://pacs/dicom-web",
+            tls=ClientTlsSettings(enabled=True),
         )
 
 
@@ -171,7 +175,7 @@ def web_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancHan
         yield handle
 
 
-def _web(port: int, **tls: object) -> DestinationSettings:
+def _web(port: int, **tls: Any) -> DestinationSettings:
     return DestinationSettings(
         name="web-secure",
         kind="dicomweb",

@@ -80,14 +80,18 @@ def dx_delivered(
     return uids, found["SR"], folder
 
 
-def test_dx_classification_sr_in_orthanc_passes_dciodvfy(dx_delivered, tmp_path: Path) -> None:
+def test_dx_classification_sr_in_orthanc_passes_dciodvfy(
+    dx_delivered: tuple[list[str], pydicom.Dataset, Path], tmp_path: Path
+) -> None:
     _, sr, _ = dx_delivered
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
     assert dciodvfy_errors(path) == []
 
 
-def test_dx_sr_has_the_finding_and_probability_of_each_image(dx_delivered, tmp_path) -> None:
+def test_dx_sr_has_the_finding_and_probability_of_each_image(
+    dx_delivered: tuple[list[str], pydicom.Dataset, Path], tmp_path: Path
+) -> None:
     uids, sr, _ = dx_delivered
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
@@ -97,7 +101,9 @@ def test_dx_sr_has_the_finding_and_probability_of_each_image(dx_delivered, tmp_p
     report = document.content
     assert isinstance(report, hd.sr.MeasurementReport)
     groups = report.get_image_measurement_groups()
-    by_image = {g.source_images[0].referenced_sop_instance_uid: g for g in groups}
+    by_image: dict[str, hd.sr.MeasurementsAndQualitativeEvaluations] = {
+        g.source_images[0].referenced_sop_instance_uid: g for g in groups
+    }
     assert set(by_image) == set(uids)
     for uid, finding in zip(uids, FINDINGS, strict=True):
         group = by_image[uid]
@@ -109,7 +115,9 @@ def test_dx_sr_has_the_finding_and_probability_of_each_image(dx_delivered, tmp_p
         assert presence.value == (PRESENT if finding else ABSENT)
 
 
-def test_dx_patient_name_reaches_no_log(dx_delivered) -> None:
+def test_dx_patient_name_reaches_no_log(
+    dx_delivered: tuple[list[str], pydicom.Dataset, Path],
+) -> None:
     _, _, folder = dx_delivered
     for log in (folder / "node.log", folder / "worker.log"):
         text = log.read_text(errors="replace")
@@ -138,14 +146,18 @@ def bundle_delivered(
     return _deliver(config, orthanc.http_url, folder / "ct", study.study_uid, {"SEG", "SR"})
 
 
-def test_bundle_seg_and_sr_in_orthanc_pass_dciodvfy(bundle_delivered, tmp_path: Path) -> None:
+def test_bundle_seg_and_sr_in_orthanc_pass_dciodvfy(
+    bundle_delivered: dict[str, pydicom.Dataset], tmp_path: Path
+) -> None:
     for modality, ds in bundle_delivered.items():
         path = tmp_path / f"{modality}.dcm"
         ds.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == [], modality
 
 
-def test_bundle_results_name_its_label_and_volume(bundle_delivered) -> None:
+def test_bundle_results_name_its_label_and_volume(
+    bundle_delivered: dict[str, pydicom.Dataset],
+) -> None:
     seg, sr = bundle_delivered["SEG"], bundle_delivered["SR"]
     assert segment_labels(seg) == {1: "Dense tissue"}
     assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "87784001"

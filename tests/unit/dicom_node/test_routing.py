@@ -6,12 +6,12 @@ import pytest
 
 from dicom_node.routing import orientation_of, route_study, rule_matches
 from dicom_node.state import SeriesInputs
-from pipelines.spec import SelectionRule, load_pipeline_specs
+from pipelines.spec import ConditionValue, SelectionRule, load_pipeline_specs
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _series(uid: str, n: int = 3, **attributes) -> SeriesInputs:
+def _series(uid: str, n: int = 3, **attributes: object) -> SeriesInputs:
     return SeriesInputs(
         study_uid="1.2",
         series_uid=uid,
@@ -39,7 +39,7 @@ def _series(uid: str, n: int = 3, **attributes) -> SeriesInputs:
         ({"BodyPartExamined": "CHEST"}, False),
     ],
 )
-def test_conditions(conditions, expected) -> None:
+def test_conditions(conditions: dict[str, ConditionValue], expected: bool) -> None:
     attributes = {
         "Modality": "CT",
         "SliceThickness": 2.5,

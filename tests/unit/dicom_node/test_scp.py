@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pydicom
 import pytest
 from sqlalchemy import select
 
-from dicom_node.phantom import ChestPhantom
+from dicom_node.phantom import ChestPhantom, PhantomStudy
 from dicom_node.scp import Receiver, ReceiverHandle
 from dicom_node.settings import ScpSettings, StabilitySettings
 from dicom_node.spool import Spool
@@ -19,7 +20,9 @@ from tests.node_process import storescu
 
 
 @pytest.fixture
-def receiver(tmp_path: Path, scp_engine: str) -> Iterator[tuple[ReceiverHandle, Spool, StateDB]]:
+def receiver(
+    tmp_path: Path, scp_engine: Literal["pynetdicom", "builtin"]
+) -> Iterator[tuple[ReceiverHandle, Spool, StateDB]]:
     spool = Spool(tmp_path / "spool")
     state = StateDB(f"sqlite:///{tmp_path / 'spool' / 'state.db'}")
     settings = ScpSettings(
@@ -32,13 +35,15 @@ def receiver(tmp_path: Path, scp_engine: str) -> Iterator[tuple[ReceiverHandle, 
 
 
 @pytest.fixture(scope="module")
-def small_study(tmp_path_factory: pytest.TempPathFactory):
+def small_study(tmp_path_factory: pytest.TempPathFactory) -> PhantomStudy:
     return ChestPhantom(slices=8, size=64, pixel_spacing_mm=5.6).write(
         tmp_path_factory.mktemp("small") / "ct"
     )
 
 
-def test_stores_bytes_as_received_and_commits_rows(receiver, small_study) -> None:
+def test_stores_bytes_as_received_and_commits_rows(
+    receiver: tuple[ReceiverHandle, Spool, StateDB], small_study: PhantomStudy
+) -> None:
     handle, spool, state = receiver
     result = storescu(handle.port, list(small_study.paths))
     assert result.returncode == 0, result.stderr
@@ -64,16 +69,22 @@ def test_stores_bytes_as_received_and_commits_rows(receiver, small_study) -> Non
         assert pydicom.dcmread(stored_path).PixelData == sent.PixelData
 
 
-def test_duplicate_instance_is_stored_once(receiver, small_study) -> None:
+def test_duplicate_instance_is_stored_once(
+    receiver: tuple[ReceiverHandle, Spool, StateDB], small_study: PhantomStudy
+) -> None:
     handle, _, state = receiver
     assert storescu(handle.port, list(small_study.paths[:2])).returncode == 0
     assert storescu(handle.port, list(small_study.paths[:2])).returncode == 0
     with state.session() as s:
         assert len(s.scalars(select(Instance)).all()) == 2
-        assert s.get(Study, small_study.study_uid).instance_count == 2
+        study = s.get(Study, small_study.study_uid)
+        assert study is not None
+        assert study.instance_count == 2
 
 
-def test_invalid_uid_is_refused_and_quarantined(receiver, small_study, tmp_path: Path) -> None:
+def test_invalid_uid_is_refused_and_quarantined(
+    receiver: tuple[ReceiverHandle, Spool, StateDB], small_study: PhantomStudy, tmp_path: Path
+) -> None:
     handle, spool, state = receiver
     ds = pydicom.dcmread(small_study.paths[0])
     bad = tmp_path / "bad.dcm"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Literal
 
 import pydicom
 import pytest
@@ -32,12 +33,12 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> PhantomStudy:
 class _Receivers(list[tuple[ReceiverHandle, Spool, StateDB]]):
     """Receivers started by one test, all with the engine under test."""
 
-    def __init__(self, engine: str) -> None:
+    def __init__(self, engine: Literal["pynetdicom", "builtin"]) -> None:
         super().__init__()
         self.engine = engine
 
-    def start(self, tmp_path: Path, **scp: object) -> tuple[ReceiverHandle, Spool, StateDB]:
-        spool = Spool(tmp_path / "spool", int(scp.pop("min_free_bytes", 0)))  # type: ignore[call-overload]
+    def start(self, tmp_path: Path, **scp: Any) -> tuple[ReceiverHandle, Spool, StateDB]:
+        spool = Spool(tmp_path / "spool", int(scp.pop("min_free_bytes", 0)))
         state = StateDB(f"sqlite:///{tmp_path / 'spool' / 'state.db'}")
         settings = ScpSettings(
             host="127.0.0.1", port=0, acse_timeout_s=5, engine=self.engine, **scp
@@ -48,7 +49,7 @@ class _Receivers(list[tuple[ReceiverHandle, Spool, StateDB]]):
 
 
 @pytest.fixture
-def started(scp_engine: str) -> Iterator[_Receivers]:
+def started(scp_engine: Literal["pynetdicom", "builtin"]) -> Iterator[_Receivers]:
     running = _Receivers(scp_engine)
     yield running
     for handle, _, state in running:
@@ -79,7 +80,9 @@ def _rows(state: StateDB) -> list[Instance]:
         return list(s.scalars(select(Instance)).all())
 
 
-def test_sop_instance_mismatch_is_0xA900(started, small_study, tmp_path: Path) -> None:
+def test_sop_instance_mismatch_is_0xA900(
+    started: _Receivers, small_study: PhantomStudy, tmp_path: Path
+) -> None:
     started.start(tmp_path)
     handle, spool, state = started[0]
     ds = pydicom.dcmread(small_study.paths[0])
@@ -92,7 +95,9 @@ def test_sop_instance_mismatch_is_0xA900(started, small_study, tmp_path: Path) -
     assert any("SOPInstanceUID in the data set differs" in r for r in reasons)
 
 
-def test_missing_study_uid_is_0xC000(started, small_study, tmp_path: Path) -> None:
+def test_missing_study_uid_is_0xC000(
+    started: _Receivers, small_study: PhantomStudy, tmp_path: Path
+) -> None:
     started.start(tmp_path)
     handle, spool, state = started[0]
     ds = pydicom.dcmread(small_study.paths[0])
@@ -105,7 +110,9 @@ def test_missing_study_uid_is_0xC000(started, small_study, tmp_path: Path) -> No
     assert any("StudyInstanceUID is missing" in r for r in reasons)
 
 
-def test_refused_sop_class_is_0x0122(started, small_study, tmp_path: Path) -> None:
+def test_refused_sop_class_is_0x0122(
+    started: _Receivers, small_study: PhantomStudy, tmp_path: Path
+) -> None:
     mr_storage = "1.2.840.10008.5.1.4.1.1.4"
     started.start(tmp_path, accepted_sop_classes=[mr_storage])
     handle, spool, state = started[0]
@@ -114,7 +121,9 @@ def test_refused_sop_class_is_0x0122(started, small_study, tmp_path: Path) -> No
     assert len(list(spool.quarantine_dir.glob("*.dcm"))) == 1
 
 
-def test_disk_below_watermark_is_0xA700(started, small_study, tmp_path: Path) -> None:
+def test_disk_below_watermark_is_0xA700(
+    started: _Receivers, small_study: PhantomStudy, tmp_path: Path
+) -> None:
     started.start(tmp_path, min_free_bytes=1 << 62)
     handle, spool, state = started[0]
     assert _send_with_pynetdicom(handle.port, small_study.paths[0]) == StoreStatus.OUT_OF_RESOURCES
@@ -123,7 +132,7 @@ def test_disk_below_watermark_is_0xA700(started, small_study, tmp_path: Path) ->
 
 
 def test_allow_list_rejects_unknown_caller_and_wrong_address(
-    started, small_study, tmp_path: Path
+    started: _Receivers, small_study: PhantomStudy, tmp_path: Path
 ) -> None:
     callers = [{"ae_title": "KNOWN_CT", "addresses": ["127.0.0.0/8"]},
                {"ae_title": "ELSEWHERE", "addresses": ["10.1.2.3"]}]  # fmt: skip
@@ -141,7 +150,7 @@ def test_allow_list_rejects_unknown_caller_and_wrong_address(
 
 
 def test_one_association_many_studies_and_one_study_many_associations(
-    started, tmp_path: Path
+    started: _Receivers, tmp_path: Path
 ) -> None:
     started.start(tmp_path)
     handle, _, state = started[0]
@@ -157,7 +166,9 @@ def test_one_association_many_studies_and_one_study_many_associations(
     assert counts == {a.study_uid: 8, b.study_uid: 8}
 
 
-def test_tls_with_client_certificates(started, small_study, tmp_path: Path) -> None:
+def test_tls_with_client_certificates(
+    started: _Receivers, small_study: PhantomStudy, tmp_path: Path
+) -> None:
     certs = tmp_path / "certs"
     certs.mkdir()
     made = make_certificates(certs)

@@ -13,7 +13,7 @@ from dicom_node.uids import validate_uid
     "bad",
     ["", "../../etc/passwd", "1.2/3", "1.2.03", "1..2", "1.2.", "a.b", "1." * 40 + "1", None],
 )
-def test_invalid_uids_are_refused(bad) -> None:
+def test_invalid_uids_are_refused(bad: object) -> None:
     with pytest.raises(InvalidUID):
         validate_uid(bad, "SOPInstanceUID")
 

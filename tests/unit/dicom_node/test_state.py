@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from dicom_node.state.schema import Study, utcnow
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> StateDB:
+def state(tmp_path: Path) -> Iterator[StateDB]:
     db = StateDB(f"sqlite:///{tmp_path / 'state.db'}")
     yield db
     db.close()
@@ -65,7 +66,9 @@ def test_complete_study_refuses_when_an_instance_arrived_meanwhile(state: StateD
     state.record_instance(_record("1.2.3.1.2"))  # arrives between read and complete
     assert state.complete_study("1.2.3", count, jobs) == []
     with state.session() as s:
-        assert s.get(Study, "1.2.3").state == StudyState.ARRIVING
+        study = s.get(Study, "1.2.3")
+        assert study is not None
+        assert study.state == StudyState.ARRIVING
     assert state.jobs(list(JobState)) == []
 
 

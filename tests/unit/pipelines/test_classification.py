@@ -10,6 +10,7 @@ import highdicom as hd
 import pydicom
 import pytest
 
+from dicom_node.phantom import PhantomStudy
 from dicom_node.phantom_dx import ChestRadiographPhantom, RadiographStudy
 from dicom_node.result_summary import sr_measurements
 from pipelines.errors import PipelineError, UnsupportedInput
@@ -145,14 +146,16 @@ def test_rerun_gives_the_same_uids(
 
 
 def test_a_ct_series_is_skipped_by_the_classifier(
-    dx_spec: PipelineSpec, small_study, tmp_path: Path
+    dx_spec: PipelineSpec, small_study: PhantomStudy, tmp_path: Path
 ) -> None:
     with pytest.raises(UnsupportedInput, match="not a projection radiograph") as raised:
         run_pipeline(dx_spec, small_study.paths[:2], tmp_path, job_id=23)
     assert raised.value.skip
 
 
-def test_writer_refuses_results_that_do_not_fit(classified: Classified, dx_spec) -> None:
+def test_writer_refuses_results_that_do_not_fit(
+    classified: Classified, dx_spec: PipelineSpec
+) -> None:
     images = load_radiographs(classified.study.paths[:1])
     uids = result_uids(dx_spec.name, dx_spec.version, [str(images[0].header.SOPInstanceUID)])
     with pytest.raises(PipelineError, match="not in"):

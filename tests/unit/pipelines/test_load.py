@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -176,7 +177,7 @@ def test_signed_12_bit_pixels_with_slope_match_pydicom(
     [ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless, JPEG2000Lossless],
 )
 def test_other_transfer_syntaxes_decode_like_explicit_little_endian(
-    small_study: PhantomStudy, tmp_path: Path, syntax: str
+    small_study: PhantomStudy, tmp_path: Path, syntax: UID
 ) -> None:
     def convert(dataset: Dataset, _index: int) -> None:
         if syntax in (RLELossless, JPEG2000Lossless):
@@ -193,7 +194,7 @@ def test_other_transfer_syntaxes_decode_like_explicit_little_endian(
 
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 def test_uncompressed_pixels_are_read_without_a_second_parse(
-    small_study: PhantomStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syntax: str
+    small_study: PhantomStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syntax: UID
 ) -> None:
     """The speed of loading rests on the one-seek reader; pydicom is only the fallback."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,9 @@ def test_pipeline_label_missing_from_channel_def_is_a_config_error(
         ),
     ],
 )
-def test_broken_bundles_are_config_errors(tmp_path: Path, damage, message: str) -> None:
+def test_broken_bundles_are_config_errors(
+    tmp_path: Path, damage: Callable[[Path], object], message: str
+) -> None:
     root = write_threshold_bundle(tmp_path / "bundle")
     damage(root)
     with pytest.raises(PipelineConfigError, match=message):

@@ -103,7 +103,9 @@ def test_dcmqi_rebuilds_an_oblique_geometry(
 
 @pytest.fixture(scope="module")
 def labelmap_run(
-    small_study: PhantomStudy, body_lung_spec: PipelineSpec, tmp_path_factory
+    small_study: PhantomStudy,
+    body_lung_spec: PipelineSpec,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[PipelineSpec, Path, dict[str, float]]:
     data = body_lung_spec.model_dump(mode="json")
     data.update(segmentation_type="labelmap", outputs=["seg", "sr", "sc"])
@@ -114,7 +116,7 @@ def labelmap_run(
 
 
 def test_labelmap_seg_holds_one_label_per_pixel_and_agrees_with_the_sr(
-    labelmap_run, pipeline_result: PipelineResult
+    labelmap_run: tuple[PipelineSpec, Path, dict[str, float]], pipeline_result: PipelineResult
 ) -> None:
     _, folder, measurements = labelmap_run
     seg = hd.seg.segread(folder / "seg.dcm")
@@ -144,14 +146,18 @@ def test_labelmap_seg_holds_one_label_per_pixel_and_agrees_with_the_sr(
 
 
 def test_labelmap_seg_is_read_by_dcmqi_on_the_source_grid(
-    labelmap_run, small_study: PhantomStudy, tmp_path: Path
+    labelmap_run: tuple[PipelineSpec, Path, dict[str, float]],
+    small_study: PhantomStudy,
+    tmp_path: Path,
 ) -> None:
     _, folder, _ = labelmap_run
     geometry = _dcmqi_geometry(folder / "seg.dcm", tmp_path)
     _assert_geometry_matches(geometry, to_volume(load_series(small_study.paths)))
 
 
-def test_burned_in_secondary_capture_series(labelmap_run, small_study: PhantomStudy) -> None:
+def test_burned_in_secondary_capture_series(
+    labelmap_run: tuple[PipelineSpec, Path, dict[str, float]], small_study: PhantomStudy
+) -> None:
     spec, folder, _ = labelmap_run
     files = sorted(folder.glob("sc-*.dcm"))
     assert files
@@ -209,7 +215,9 @@ def test_seg_and_sr_of_an_enhanced_multiframe_ct(
         derivation = frame.DerivationImageSequence[0].SourceImageSequence[0]
         assert int(derivation.ReferencedFrameNumber) in (1, 2)
     document = hd.sr.srread(sr_path)
-    groups = document.content.get_volumetric_roi_measurement_groups()
+    report = document.content
+    assert isinstance(report, hd.sr.MeasurementReport)  # TID 1500: highdicom reads it as one
+    groups = report.get_volumetric_roi_measurement_groups()
     lung = groups[1].referenced_segment
     assert lung is not None
     assert [s.referenced_frame_numbers for s in lung.source_images_for_segmentation] == [

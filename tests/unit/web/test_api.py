@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 
 import pytest
 import redis
+from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from dicom_node.broker import make_producer
-from dicom_node.state import ExportState, JobState
+from dicom_node.services import RedisHandle
+from dicom_node.settings import Settings
+from dicom_node.spool import Spool
+from dicom_node.state import ExportState, JobState, StateDB
 from dicom_node.state.schema import JobEvent, Study
 from dicom_node.web.models import JobDetailPublic, OverviewPublic, StudyPagePublic
 from pipelines.manifest import read_manifest
-from tests.unit.web.conftest import SENTINEL, ingest, make_job
+from tests.unit.web.conftest import SENTINEL, SeededJob, ingest, make_job
 
 
-def _api_texts(browser, job_ids, study_uids) -> list[str]:
+def _api_texts(browser: TestClient, job_ids: list[int], study_uids: list[str]) -> list[str]:
     paths = ["/api/overview", "/api/studies", "/api/failures", "/api/jobs", "/api/config",
              "/api/associations", "/api/session", "/api/openapi.json"]  # fmt: skip
     paths += [f"/api/jobs/{i}" for i in job_ids] + [f"/api/studies/{u}" for u in study_uids]
@@ -29,7 +34,9 @@ def _api_texts(browser, job_ids, study_uids) -> list[str]:
 
 
 @pytest.mark.usefixtures("done_job", "failed_job")
-def test_overview_counts(admin, settings, broker_url) -> None:
+def test_overview_counts(
+    admin: tuple[TestClient, str], settings: Settings, broker_url: str
+) -> None:
     browser, _ = admin
     # A real message waiting in the cpu queue, as the supervisor sends it.
     producer = make_producer(settings.broker)
@@ -54,7 +61,9 @@ def test_overview_counts(admin, settings, broker_url) -> None:
     assert "no worker answered" in page
 
 
-def test_overview_says_when_the_broker_is_away(tmp_path, password_hashes, state, spool) -> None:
+def test_overview_says_when_the_broker_is_away(
+    tmp_path: Path, password_hashes: dict[str, str], state: StateDB, spool: Spool
+) -> None:
     from fastapi.testclient import TestClient
 
     from dicom_node.services import free_port
@@ -75,10 +84,12 @@ def test_overview_says_when_the_broker_is_away(tmp_path, password_hashes, state,
         assert ready.json()["checks"]["database"] is True
 
 
-def test_study_search(admin, done_job, failed_job, state) -> None:
+def test_study_search(
+    admin: tuple[TestClient, str], done_job: SeededJob, failed_job: SeededJob, state: StateDB
+) -> None:
     browser, _ = admin
 
-    def search(**params) -> StudyPagePublic:
+    def search(**params: str) -> StudyPagePublic:
         return StudyPagePublic.model_validate(browser.get("/api/studies", params=params).json())
 
     assert search().total == 2
@@ -107,7 +118,10 @@ def test_study_search(admin, done_job, failed_job, state) -> None:
 
 
 def test_viewer_sees_identifiers_masked_and_no_api_names_anyone(
-    admin, viewer, done_job, failed_job
+    admin: tuple[TestClient, str],
+    viewer: tuple[TestClient, str],
+    done_job: SeededJob,
+    failed_job: SeededJob,
 ) -> None:
     admin_browser, _ = admin
     viewer_browser, _ = viewer
@@ -128,7 +142,12 @@ def test_viewer_sees_identifiers_masked_and_no_api_names_anyone(
 
 
 def test_show_patient_names_lets_viewers_see_them(
-    tmp_path, broker_url, password_hashes, state, spool, done_job
+    tmp_path: Path,
+    broker_url: str,
+    password_hashes: dict[str, str],
+    state: StateDB,
+    spool: Spool,
+    done_job: SeededJob,
 ) -> None:
     from fastapi.testclient import TestClient
 
@@ -142,7 +161,7 @@ def test_show_patient_names_lets_viewers_see_them(
         assert browser.get("/api/studies").json()["items"][0]["accession_number"] == "ACC-1001"
 
 
-def test_job_timeline_log_and_outputs(admin, done_job) -> None:
+def test_job_timeline_log_and_outputs(admin: tuple[TestClient, str], done_job: SeededJob) -> None:
     browser, _ = admin
     job = JobDetailPublic.model_validate(browser.get(f"/api/jobs/{done_job.job_id}").json())
     assert job.state is JobState.DONE
@@ -150,6 +169,7 @@ def test_job_timeline_log_and_outputs(admin, done_job) -> None:
     assert states == ["WAITING", "QUEUED", "RUNNING", "EXPORTING", "DONE"]
     assert job.timeline[0].detail.startswith("study arriving")
     assert job.timeline[1].detail == "rule 'axial CT' of ct-body-lung"
+    assert job.timeline[0].ended_at is not None
     assert job.timeline[0].ended_at <= job.timeline[1].started_at  # job created, then event
     for before, after in zip(job.timeline[1:], job.timeline[2:], strict=False):
         assert before.ended_at == after.started_at
@@ -170,16 +190,18 @@ def test_job_timeline_log_and_outputs(admin, done_job) -> None:
         assert text in page
 
 
-def test_time_in_each_state_from_the_events(admin, done_job, state) -> None:
+def test_time_in_each_state_from_the_events(
+    admin: tuple[TestClient, str], done_job: SeededJob, state: StateDB
+) -> None:
     browser, _ = admin
     base = datetime.datetime(2026, 1, 1, 8, 0, 0)
     offsets = {"QUEUED": 0, "RUNNING": 5, "EXPORTING": 65, "DONE": 67}
     with state.session() as s:
-        for name, seconds in offsets.items():
+        for name, offset in offsets.items():
             s.execute(
                 update(JobEvent)
                 .where(JobEvent.job_id == done_job.job_id, JobEvent.state == name)
-                .values(at=base + datetime.timedelta(seconds=seconds))
+                .values(at=base + datetime.timedelta(seconds=offset))
             )
     job = JobDetailPublic.model_validate(browser.get(f"/api/jobs/{done_job.job_id}").json())
     seconds = {stage.state: stage.seconds for stage in job.timeline if stage.state != "WAITING"}
@@ -187,7 +209,9 @@ def test_time_in_each_state_from_the_events(admin, done_job, state) -> None:
     assert "1 min 00 s" in browser.get(f"/jobs/{done_job.job_id}").text
 
 
-def test_retry_a_worker_failure_requeues_it(admin, failed_job, state, spool) -> None:
+def test_retry_a_worker_failure_requeues_it(
+    admin: tuple[TestClient, str], failed_job: SeededJob, state: StateDB, spool: Spool
+) -> None:
     browser, token = admin
     job_id = failed_job.job_id
     before = browser.get(f"/api/jobs/{job_id}").json()
@@ -196,6 +220,7 @@ def test_retry_a_worker_failure_requeues_it(admin, failed_job, state, spool) -> 
     answer = browser.post(f"/api/jobs/{job_id}/retry", headers={"X-CSRF-Token": token})
     assert answer.status_code == 200
     view = state.job(job_id)
+    assert view is not None
     assert view.state is JobState.QUEUED
     assert view.dispatched_at is None  # the outbox sends it again
     assert read_manifest(spool.job_dir(job_id)) is None  # the old outcome is set aside
@@ -211,7 +236,9 @@ def test_retry_a_worker_failure_requeues_it(admin, failed_job, state, spool) -> 
     assert failed_job.job_id not in [j["id"] for j in browser.get("/api/failures").json()["items"]]
 
 
-def test_retry_an_export_failure_resends_only_what_failed(admin, done_job, state) -> None:
+def test_retry_an_export_failure_resends_only_what_failed(
+    admin: tuple[TestClient, str], done_job: SeededJob, state: StateDB
+) -> None:
     browser, token = admin
     job_id = done_job.job_id
     # Run it again from EXPORTING with a second destination that refuses everything.
@@ -232,10 +259,14 @@ def test_retry_an_export_failure_resends_only_what_failed(admin, done_job, state
     assert "failed exports will be sent again" in browser.get(answer.headers["location"]).text
     rows = {r.destination: r.state for r in state.exports_of(job_id)}
     assert rows == {"archive": ExportState.SENT, "backup": ExportState.PENDING}
-    assert state.job(job_id).state is JobState.EXPORTING
+    view = state.job(job_id)
+    assert view is not None
+    assert view.state is JobState.EXPORTING
 
 
-def test_cancel(admin, done_job, state, tmp_path, spool) -> None:
+def test_cancel(
+    admin: tuple[TestClient, str], done_job: SeededJob, state: StateDB, tmp_path: Path, spool: Spool
+) -> None:
     browser, token = admin
     study = ingest(state, spool, tmp_path / "queued", accession="ACC-3003")
     job_id = make_job(state, study)
@@ -254,7 +285,9 @@ def test_cancel(admin, done_job, state, tmp_path, spool) -> None:
     assert browser.post("/api/jobs/999/cancel", headers={"X-CSRF-Token": token}).status_code == 409
 
 
-def test_configuration_hides_secrets(admin, settings, password_hashes) -> None:
+def test_configuration_hides_secrets(
+    admin: tuple[TestClient, str], settings: Settings, password_hashes: dict[str, str]
+) -> None:
     browser, _ = admin
     text = browser.get("/api/config").text + browser.get("/config").text
     assert "test-secret-0123456789abcdef" not in text
@@ -266,7 +299,13 @@ def test_configuration_hides_secrets(admin, settings, password_hashes) -> None:
     assert config["scp"]["ae_title"] == settings.scp.ae_title
 
 
-def test_password_in_a_url_is_hidden(tmp_path, password_hashes, state, spool, redis_server) -> None:
+def test_password_in_a_url_is_hidden(
+    tmp_path: Path,
+    password_hashes: dict[str, str],
+    state: StateDB,
+    spool: Spool,
+    redis_server: RedisHandle,
+) -> None:
     from fastapi.testclient import TestClient
 
     from dicom_node.web import create_app
@@ -281,7 +320,7 @@ def test_password_in_a_url_is_hidden(tmp_path, password_hashes, state, spool, re
     assert config["broker"]["url"] == f"redis://:********@127.0.0.1:{redis_server.port}/3"
 
 
-def test_associations_and_openapi(admin, state) -> None:
+def test_associations_and_openapi(admin: tuple[TestClient, str], state: StateDB) -> None:
     browser, _ = admin
     row = state.open_association("CT_SCANNER_1", "DICOM_NODE", "10.0.0.7")
     state.close_association(row, instances=12, size=4096, failures=1, outcome="released")

@@ -8,32 +8,38 @@ from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from dicom_node.cli import main
 from dicom_node.settings import load_settings
-from dicom_node.state import JobState
+from dicom_node.spool import Spool
+from dicom_node.state import JobState, StateDB
 from dicom_node.web import create_app
 from dicom_node.web.app import ROUTERS
-from tests.unit.web.conftest import PASSWORDS, csrf_from, login, make_settings
+from tests.unit.web.conftest import PASSWORDS, SeededJob, csrf_from, login, make_settings
 
 #: What answers without a session: the login page and API, liveness and readiness.
 PUBLIC = {"/login", "/api/session", "/health", "/ready"}
 
 
-def _routes(app, method: str) -> list[str]:
+def _routes(app: FastAPI, method: str) -> list[str]:
     """Every path the application serves for ``method``, with example parameters."""
     routes = [r for router in ROUTERS for r in router.routes] + list(app.routes)
     paths = []
     for route in routes:
-        if isinstance(route, APIRoute) and method in route.methods:
-            paths.append(route.path.replace("{job_id}", "1").replace("{study_uid}", "1.2.3"))
+        if isinstance(route, APIRoute):
+            assert route.methods is not None
+            if method in route.methods:
+                paths.append(route.path.replace("{job_id}", "1").replace("{study_uid}", "1.2.3"))
     return paths
 
 
-def test_no_page_or_api_answers_without_a_session(app, client, failed_job) -> None:
+def test_no_page_or_api_answers_without_a_session(
+    app: FastAPI, client: TestClient, failed_job: SeededJob
+) -> None:
     gets = [path for path in _routes(app, "GET") if path not in PUBLIC]
     assert {"/", "/api/overview", "/jobs/1", "/api/openapi.json", "/metrics"} <= set(gets)
     for path in gets:
@@ -54,10 +60,11 @@ def test_no_page_or_api_answers_without_a_session(app, client, failed_job) -> No
             assert answer.status_code in (200, 303), path  # logging out is always allowed
         else:
             assert answer.status_code in (401, 303), path
+    assert isinstance(client.app, FastAPI)
     assert client.app.state.ctx.state.job(failed_job.job_id).state is JobState.FAILED
 
 
-def test_login_page_then_pages(client) -> None:
+def test_login_page_then_pages(client: TestClient) -> None:
     page = client.get("/login")
     assert page.status_code == 200
     wrong = client.post(
@@ -74,7 +81,7 @@ def test_login_page_then_pages(client) -> None:
     assert client.get("/api/overview").status_code == 401
 
 
-def test_login_rotates_the_csrf_token_and_ignores_foreign_next(client) -> None:
+def test_login_rotates_the_csrf_token_and_ignores_foreign_next(client: TestClient) -> None:
     before = csrf_from(client.get("/login").text)
     answer = client.post(
         "/login",
@@ -88,7 +95,7 @@ def test_login_rotates_the_csrf_token_and_ignores_foreign_next(client) -> None:
     assert after != before
 
 
-def test_api_login_for_programs(client) -> None:
+def test_api_login_for_programs(client: TestClient) -> None:
     session = client.get("/api/session").json()
     assert session["name"] is None
     refused = client.post(
@@ -107,7 +114,7 @@ def test_api_login_for_programs(client) -> None:
     assert client.get("/api/overview").status_code == 200
 
 
-def test_repeated_failures_lock_the_name_for_a_while(client) -> None:
+def test_repeated_failures_lock_the_name_for_a_while(client: TestClient) -> None:
     token = client.get("/api/session").json()["csrf_token"]
     for _ in range(5):
         bad = {"name": "admin", "password": "guess"}
@@ -120,7 +127,9 @@ def test_repeated_failures_lock_the_name_for_a_while(client) -> None:
     assert answer.status_code == 429
 
 
-def test_viewer_cannot_retry_or_cancel(viewer, failed_job, state) -> None:
+def test_viewer_cannot_retry_or_cancel(
+    viewer: tuple[TestClient, str], failed_job: SeededJob, state: StateDB
+) -> None:
     browser, token = viewer
     job_id = failed_job.job_id
     for path in (f"/api/jobs/{job_id}/retry", f"/api/jobs/{job_id}/cancel"):
@@ -130,7 +139,9 @@ def test_viewer_cannot_retry_or_cancel(viewer, failed_job, state) -> None:
     for path in (f"/jobs/{job_id}/retry", f"/jobs/{job_id}/cancel"):
         answer = browser.post(path, data={"csrf_token": token}, follow_redirects=False)
         assert answer.status_code == 403, path
-    assert state.job(job_id).state is JobState.FAILED
+    view = state.job(job_id)
+    assert view is not None
+    assert view.state is JobState.FAILED
     # The viewer sees the failure and its reason, but no button.
     page = browser.get("/failures").text
     assert "missing from the spool" in page
@@ -139,13 +150,15 @@ def test_viewer_cannot_retry_or_cancel(viewer, failed_job, state) -> None:
     assert browser.get(f"/api/jobs/{job_id}").json()["can_retry"] is False
 
 
-def test_admin_sees_the_buttons(admin, failed_job) -> None:
+def test_admin_sees_the_buttons(admin: tuple[TestClient, str], failed_job: SeededJob) -> None:
     browser, _ = admin
     assert f'action="/jobs/{failed_job.job_id}/retry"' in browser.get("/failures").text
     assert 'id="retry"' in browser.get(f"/jobs/{failed_job.job_id}").text
 
 
-def test_every_post_without_a_csrf_token_is_refused(app, admin, failed_job, state) -> None:
+def test_every_post_without_a_csrf_token_is_refused(
+    app: FastAPI, admin: tuple[TestClient, str], failed_job: SeededJob, state: StateDB
+) -> None:
     browser, token = admin
     job_id = failed_job.job_id
     posts = _routes(app, "POST")
@@ -160,12 +173,16 @@ def test_every_post_without_a_csrf_token_is_refused(app, admin, failed_job, stat
             answer = browser.post(path, headers=headers, data=data, follow_redirects=False)
             assert answer.status_code == 403, (path, headers, data)
             assert answer.json() == {"detail": "CSRF token missing or invalid"}
-    assert state.job(job_id).state is JobState.FAILED
+    view = state.job(job_id)
+    assert view is not None
+    assert view.state is JobState.FAILED
     assert browser.get("/api/overview").status_code == 200  # still logged in
     # With its token the same request goes through.
     answer = browser.post(f"/api/jobs/{job_id}/cancel", headers={"X-CSRF-Token": token})
     assert answer.status_code == 200
-    assert state.job(job_id).state is JobState.SKIPPED
+    view = state.job(job_id)
+    assert view is not None
+    assert view.state is JobState.SKIPPED
 
 
 def _certificate(folder: Path) -> tuple[Path, Path]:
@@ -179,7 +196,7 @@ def _certificate(folder: Path) -> tuple[Path, Path]:
 
 
 def test_session_cookie_is_secure_and_httponly_over_tls(
-    tmp_path, broker_url, password_hashes, state, spool
+    tmp_path: Path, broker_url: str, password_hashes: dict[str, str], state: StateDB, spool: Spool
 ) -> None:
     cert, key = _certificate(tmp_path)
     settings = make_settings(
@@ -200,13 +217,13 @@ def test_session_cookie_is_secure_and_httponly_over_tls(
     assert "samesite=lax" in cookie
 
 
-def test_cookie_over_plain_http_is_httponly_not_secure(client) -> None:
+def test_cookie_over_plain_http_is_httponly_not_secure(client: TestClient) -> None:
     cookie = client.get("/login").headers["set-cookie"].lower()
     assert "httponly" in cookie
     assert "secure" not in cookie
 
 
-def test_placeholder_secret_refused_outside_demo(password_hashes) -> None:
+def test_placeholder_secret_refused_outside_demo(password_hashes: dict[str, str]) -> None:
     users = [{"name": "a", "password_hash": password_hashes["admin"], "role": "admin"}]
     with pytest.raises(ValidationError, match="placeholder"):
         load_settings(None, web={"enabled": True, "users": users})
@@ -221,7 +238,9 @@ def test_placeholder_secret_refused_outside_demo(password_hashes) -> None:
     assert load_settings(None).web.enabled is False  # the default needs no secret
 
 
-def test_hash_password_command(monkeypatch, capsys) -> None:
+def test_hash_password_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("s3cret-pass\n"))
     assert main(["web", "hash-password", "--stdin"]) == 0
     hashed = capsys.readouterr().out.strip()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,11 +15,12 @@ from sqlalchemy import update
 from dicom_node.phantom import ChestPhantom
 from dicom_node.scp import Receiver, ReceiverHandle
 from dicom_node.settings import ScpSettings, StabilitySettings
-from dicom_node.state import JobState
+from dicom_node.spool import Spool
+from dicom_node.state import JobState, StateDB
 from dicom_node.state.schema import JobEvent
 from dicom_node.web import create_app
 from tests.node_process import storescu
-from tests.unit.web.conftest import login, make_settings
+from tests.unit.web.conftest import SeededJob, login, make_settings
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -38,7 +40,7 @@ def scrape(
 
 
 @pytest.fixture
-def receiver(state, spool) -> Iterator[ReceiverHandle]:
+def receiver(state: StateDB, spool: Spool) -> Iterator[ReceiverHandle]:
     """The node's receiver, in-process, accepting CT only (anything else gets 0x0122)."""
     scp = ScpSettings(
         host="127.0.0.1", port=0, min_free_bytes=0, acse_timeout_s=5,
@@ -49,14 +51,18 @@ def receiver(state, spool) -> Iterator[ReceiverHandle]:
     handle.stop()
 
 
-def test_counters_move_when_a_study_is_received(admin, receiver, tmp_path) -> None:
+def test_counters_move_when_a_study_is_received(
+    admin: tuple[TestClient, str], receiver: ReceiverHandle, tmp_path: Path
+) -> None:
     browser, _ = admin
     before = scrape(browser)
     assert before[("dicom_node_instances_received_total", ())] == 0
     study = ChestPhantom(slices=8, size=64, pixel_spacing_mm=5.6).write(tmp_path / "ct")
     sent = storescu(receiver.port, list(study.paths))
     assert sent.returncode == 0, sent.stderr
-    refused = storescu(receiver.port, [get_testdata_file("MR_small.dcm")])
+    mr_small = get_testdata_file("MR_small.dcm")
+    assert isinstance(mr_small, str), "pydicom's MR_small.dcm is missing"
+    refused = storescu(receiver.port, [Path(mr_small)])
     assert "0x0122" in refused.stderr.lower() or refused.returncode != 0
 
     after = scrape(browser)
@@ -78,7 +84,7 @@ def test_counters_move_when_a_study_is_received(admin, receiver, tmp_path) -> No
 
 
 def test_job_stage_histograms_and_failures_from_job_events(
-    admin, done_job, failed_job, state
+    admin: tuple[TestClient, str], done_job: SeededJob, failed_job: SeededJob, state: StateDB
 ) -> None:
     browser, _ = admin
     base = datetime.datetime(2026, 1, 1, 8, 0, 0)
@@ -130,7 +136,9 @@ def test_job_stage_histograms_and_failures_from_job_events(
     assert samples[("dicom_node_job_failures_total", export_failures)] == 1
 
 
-def test_metrics_token_for_a_scraper(tmp_path, broker_url, password_hashes, state, spool) -> None:
+def test_metrics_token_for_a_scraper(
+    tmp_path: Path, broker_url: str, password_hashes: dict[str, str], state: StateDB, spool: Spool
+) -> None:
     settings = make_settings(tmp_path, broker_url, password_hashes, metrics_token="scrape-me-42")
     with TestClient(create_app(settings, state=state, spool=spool)) as scraper:
         assert scraper.get("/metrics").status_code == 401

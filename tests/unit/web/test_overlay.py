@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 from scipy import ndimage
 
 from dicom_node.phantom import PhantomLabel
+from dicom_node.spool import Spool
+from dicom_node.state import StateDB
 from dicom_node.web.overlay import OverlayError, cielab_to_rgb, render_overlay
-from tests.unit.web.conftest import SMALL
+from tests.unit.web.conftest import SMALL, SeededJob
 
 
 def _tiles(png: bytes, count: int, size: int) -> list[np.ndarray]:
@@ -25,8 +29,11 @@ def _tiles(png: bytes, count: int, size: int) -> list[np.ndarray]:
     return tiles
 
 
-def test_lungs_are_coloured_where_the_seg_says(done_job, spool, state) -> None:
+def test_lungs_are_coloured_where_the_seg_says(
+    done_job: SeededJob, spool: Spool, state: StateDB
+) -> None:
     job = state.job(done_job.job_id)
+    assert job is not None
     sources = [spool.resolve(p) for p in job.inputs]
     png = render_overlay(spool.job_dir(done_job.job_id) / "seg.dcm", sources, slices=3, tile_px=64)
 
@@ -61,20 +68,25 @@ def test_cielab_white_and_a_blue() -> None:
     assert b > max(r, g)
 
 
-def test_no_seg_is_a_clear_error(tmp_path, done_job, spool, state) -> None:
+def test_no_seg_is_a_clear_error(
+    tmp_path: Path, done_job: SeededJob, spool: Spool, state: StateDB
+) -> None:
     job = state.job(done_job.job_id)
+    assert job is not None
     with pytest.raises(OverlayError, match="no SEG"):
         render_overlay(tmp_path / "missing.dcm", [spool.resolve(p) for p in job.inputs])
     with pytest.raises(OverlayError, match="not a SEG"):
         render_overlay(spool.resolve(job.inputs[0]), [spool.resolve(p) for p in job.inputs])
 
 
-def test_seg_without_its_sources_is_a_clear_error(done_job, spool) -> None:
+def test_seg_without_its_sources_is_a_clear_error(done_job: SeededJob, spool: Spool) -> None:
     with pytest.raises(OverlayError, match="no SEG frame matches"):
         render_overlay(spool.job_dir(done_job.job_id) / "seg.dcm", [])
 
 
-def test_overlay_over_http(admin, done_job, failed_job) -> None:
+def test_overlay_over_http(
+    admin: tuple[TestClient, str], done_job: SeededJob, failed_job: SeededJob
+) -> None:
     browser, _ = admin
     answer = browser.get(f"/api/jobs/{done_job.job_id}/overlay.png")
     assert answer.status_code == 200

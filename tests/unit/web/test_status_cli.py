@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fastapi import FastAPI
 
 from dicom_node.cli import main
+from dicom_node.settings import Settings
 from dicom_node.web import create_app, start_web_server
 from dicom_node.web.jsonlog import JsonFormatter
 from dicom_node.web.models import OverviewPublic
@@ -20,7 +22,7 @@ from tests.unit.web.conftest import PASSWORDS
 
 
 @pytest.fixture
-def config_file(settings, tmp_path: Path) -> Path:
+def config_file(settings: Settings, tmp_path: Path) -> Path:
     """The test node's configuration as a YAML file, as ``status`` reads it."""
     path = tmp_path / "node.yaml"
     path.write_text(yaml.safe_dump(settings.model_dump(mode="json", exclude={"web"})))
@@ -28,7 +30,7 @@ def config_file(settings, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def served(app, settings) -> Iterator[WebServerHandle]:
+def served(app: FastAPI, settings: Settings) -> Iterator[WebServerHandle]:
     """The dashboard served by uvicorn in a thread, on a port the OS picked."""
     handle = start_web_server(app, settings.web)
     yield handle
@@ -36,7 +38,7 @@ def served(app, settings) -> Iterator[WebServerHandle]:
 
 
 @pytest.mark.usefixtures("done_job", "failed_job")
-def test_status_on_the_node_machine(config_file, capsys) -> None:
+def test_status_on_the_node_machine(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--config", str(config_file)]) == 0
     out = capsys.readouterr().out
     assert "received     last hour 16 instances, 2 studies" in out
@@ -51,7 +53,12 @@ def test_status_on_the_node_machine(config_file, capsys) -> None:
 
 
 @pytest.mark.usefixtures("done_job")
-def test_status_over_the_api(served, config_file, monkeypatch, capsys) -> None:
+def test_status_over_the_api(
+    served: WebServerHandle,
+    config_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert served.port > 0
     assert served.url == f"http://127.0.0.1:{served.port}"
     monkeypatch.setenv("DICOM_NODE_STATUS_PASSWORD", PASSWORDS["viewer"])
@@ -66,7 +73,7 @@ def test_status_over_the_api(served, config_file, monkeypatch, capsys) -> None:
     assert "refused the name or password" in capsys.readouterr().err
 
 
-def test_server_stops_and_frees_its_port(app, settings) -> None:
+def test_server_stops_and_frees_its_port(app: FastAPI, settings: Settings) -> None:
     handle = start_web_server(app, settings.web)
     with socket.create_connection(("127.0.0.1", handle.port), timeout=2):
         pass
@@ -90,7 +97,7 @@ def test_json_log_lines() -> None:
     assert line["time"].endswith("+00:00")
 
 
-def test_create_app_opens_its_own_state_db(settings) -> None:
+def test_create_app_opens_its_own_state_db(settings: Settings) -> None:
     from fastapi.testclient import TestClient
 
     from tests.unit.web.conftest import login
