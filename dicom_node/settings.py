@@ -159,7 +159,7 @@ class ScpSettings(_Section):
     engine: Literal["pynetdicom", "builtin"] = Field(
         default="pynetdicom",
         description="DICOM upper layer of the receiver: pynetdicom's, or the node's own "
-        "(C-ECHO and C-STORE only, about twice as fast; see docs/conformance.md).",
+        "(C-ECHO and C-STORE only, about 1.8x as fast; see docs/conformance.md).",
     )
     allow_list_enabled: bool = Field(
         default=False, description="Refuse associations from callers not in allowed_callers."
