@@ -98,12 +98,10 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int:
         A :class:`~dicom_node.scp.status.StoreStatus` value.
     """
     primitive = cast(C_STORE, event.request)
-    stream = primitive.DataSet if isinstance(primitive.DataSet, BytesIO) else None
     request = StoreRequest(
         sop_class_uid=str(primitive.AffectedSOPClassUID),
         sop_instance_uid=str(primitive.AffectedSOPInstanceUID),
         transfer_syntax=event.context.transfer_syntax,
-        data=stream.getbuffer() if stream is not None else b"",
-        stream=stream,
+        stream=primitive.DataSet if isinstance(primitive.DataSet, BytesIO) else None,
     )
     return store_instance(ctx, request, ctx.stats(id(event.assoc)))

@@ -116,17 +116,14 @@ class StoreRequest:
         Affected SOP Instance UID of the request.
     transfer_syntax : pydicom.uid.UID
         The presentation context's transfer syntax: the data set's encoding.
-    data : bytes or memoryview
-        The data set exactly as received (empty when there is none).
     stream : io.BytesIO or None
-        The same bytes as a stream for the header parser; None when the request
-        carried no data set.
+        The data set exactly as received (its buffer is what is written); None
+        when the request carried no data set.
     """
 
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: UID
-    data: bytes | memoryview
     stream: BytesIO | None
 
 
@@ -261,7 +258,7 @@ def _store(ctx: StoreContext, request: StoreRequest, stats: AssociationStats | N
     calling_ae = stats.calling_ae if stats else ""
     # Part-10 bytes: our file meta, then the received buffer without a copy.
     meta = file_meta_bytes(requested_class, requested_uid, transfer_syntax, calling_ae)
-    raw: list[bytes | memoryview] = [meta, request.data]
+    raw: list[bytes | memoryview] = [meta, stream.getbuffer()]
 
     if ctx.accepted_sop_classes is not None and requested_class not in ctx.accepted_sop_classes:
         return _refuse(

@@ -34,8 +34,9 @@ import threading
 from io import BytesIO
 
 from pydicom.uid import UID
-from pynetdicom import sop_class
+from pynetdicom import DEFAULT_TRANSFER_SYNTAXES, sop_class
 from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.scp.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from dicom_node.scp.pdu import (
@@ -73,14 +74,9 @@ logger = logging.getLogger(__name__)
 MAX_PDU_LENGTH = 4 * 1024 * 1024
 #: An A-ASSOCIATE-RQ larger than this is not a real one.
 _MAX_ASSOCIATE_RQ = 64 * 1024
-_VERIFICATION = "1.2.840.10008.1.1"
-#: As pynetdicom's default: Implicit and Explicit VR Little Endian, Deflated, Explicit Big Endian.
-_VERIFICATION_SYNTAXES = (
-    "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.1",
-    "1.2.840.10008.1.2.1.99",
-    "1.2.840.10008.1.2.2",
-)
+# Verification in pynetdicom's default transfer syntaxes, as its engine accepts it.
+_VERIFICATION = str(Verification)
+_VERIFICATION_SYNTAXES = tuple(str(ts) for ts in DEFAULT_TRANSFER_SYNTAXES)
 
 # DIMSE (PS3.7 E.1): element numbers in group 0000 and command fields.
 _AFFECTED_SOP_CLASS = 0x0002
@@ -112,10 +108,10 @@ def _storage_like(uid: str) -> bool:
     )
 
 
-def _negotiate(request: AssociateRequest) -> tuple[list[tuple[int, int, str]], dict[int, str]]:
+def _negotiate(request: AssociateRequest) -> tuple[list[tuple[int, int, str]], dict[int, UID]]:
     """Presentation context results for the A-ASSOCIATE-AC, and the accepted ones."""
     results: list[tuple[int, int, str]] = []
-    accepted: dict[int, str] = {}
+    accepted: dict[int, UID] = {}
     for context in request.contexts:
         proposed = context.transfer_syntaxes
         if not context.abstract_syntax:
@@ -132,7 +128,7 @@ def _negotiate(request: AssociateRequest) -> tuple[list[tuple[int, int, str]], d
             result, syntax = 0, proposed[0]
         results.append((context.context_id, result, syntax))
         if result == 0:
-            accepted[context.context_id] = syntax
+            accepted[context.context_id] = UID(syntax)
     return results, accepted
 
 
@@ -151,7 +147,7 @@ class _Association:
         self.ctx = server.ctx
         self.stats: AssociationStats | None = None
         self.peer_max = 0
-        self.accepted: dict[int, str] = {}
+        self.accepted: dict[int, UID] = {}
         self.admitted = False
 
     # -- reading and writing PDUs
@@ -303,13 +299,11 @@ class _Association:
             identity = [(_AFFECTED_SOP_CLASS, sop_class_uid or _VERIFICATION)]
         elif field == _C_STORE_RQ:
             sop_instance_uid = _ui(elements, _AFFECTED_SOP_INSTANCE)
-            payload = b"".join(data)
             request = StoreRequest(
                 sop_class_uid=sop_class_uid,
                 sop_instance_uid=sop_instance_uid,
-                transfer_syntax=UID(self.accepted[context_id]),
-                data=payload,
-                stream=BytesIO(payload) if data else None,
+                transfer_syntax=self.accepted[context_id],
+                stream=_joined(data) if data else None,
             )
             status = store_instance(self.ctx, request, self.stats)
             identity = [
@@ -332,6 +326,15 @@ class _Association:
         response.sort(key=lambda element: element[0])
         for pdu in p_data_tf(context_id, 0x01, encode_command(response), self.peer_max):
             self._send(pdu)
+
+
+def _joined(fragments: list[memoryview]) -> BytesIO:
+    """The data set as one stream, copied once (a BytesIO made from bytes would be
+    copied again when the spool asks for its buffer)."""
+    stream = BytesIO()
+    for fragment in fragments:
+        stream.write(fragment)
+    return stream
 
 
 def _us(elements: dict[int, bytes], element: int) -> int:
@@ -416,7 +419,7 @@ class UpperLayerServer(socketserver.ThreadingTCPServer):
     def release(self) -> None:
         """Count an admitted association out."""
         with self._lock:
-            self._admitted = max(0, self._admitted - 1)
+            self._admitted -= 1
 
     def track(self, sock: socket.socket, opened: bool) -> None:
         """Remember open connections, so that :meth:`shutdown` can close them."""
