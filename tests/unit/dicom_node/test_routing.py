@@ -123,13 +123,14 @@ def test_absent_and_empty_attributes(
     held = evaluate_condition(keyword, expected, {stored: present})
     assert held.holds, "the condition must hold on its present value, or the case proves nothing"
     assert held.presence is Presence.PRESENT
-    for attributes, presence in [
+    unknowns: list[tuple[dict[str, object], Presence]] = [
         ({}, Presence.ABSENT),
         ({stored: ""}, Presence.EMPTY),
         ({stored: []}, Presence.EMPTY),
         ({stored: ["", " "]}, Presence.EMPTY),
         ({stored: None}, Presence.EMPTY),
-    ]:
+    ]
+    for attributes, presence in unknowns:
         result = evaluate_condition(keyword, expected, attributes)
         assert result.presence is presence, attributes
         assert result.holds is unknown_holds, attributes
