@@ -183,7 +183,8 @@ class Supervisor:
                 self.state.set_job_state(
                     job.id,
                     JobState.FAILED,
-                    reason=f"pipeline {job.pipeline} {job.pipeline_version} is not configured",
+                    reason=f"dispatch: pipeline {job.pipeline} {job.pipeline_version} "
+                    "is not configured",
                 )
                 continue
             request = JobRequest(
@@ -218,7 +219,9 @@ class Supervisor:
             try:
                 manifest = read_manifest(job_dir)
             except ValueError:
-                self.state.set_job_state(job.id, JobState.FAILED, reason="manifest is unreadable")
+                self.state.set_job_state(
+                    job.id, JobState.FAILED, reason="collect: the worker's manifest is unreadable"
+                )
                 continue
             if manifest is not None and manifest.node_id != self.spool.node_id:
                 logger.error("job %d: ignoring a manifest written for another node", job.id)
@@ -287,7 +290,7 @@ class Supervisor:
                 self.state.set_job_state(
                     job.id,
                     JobState.FAILED,
-                    reason=f"lost by the broker after {job.attempts} attempts",
+                    reason=f"dispatch: lost by the broker after {job.attempts} attempts",
                 )
                 continue
             logger.warning("job %d is not held by the broker; sending it again", job.id)
@@ -355,8 +358,8 @@ class Supervisor:
             self.state.set_job_state(
                 job_id,
                 JobState.FAILED,
-                reason=f"export to {row.destination} failed after {row.attempts} attempts: "
-                f"{row.last_error}",
+                reason=f"export: delivery to {row.destination} failed after {row.attempts} "
+                f"attempts: {row.last_error}",
             )
         elif rows and all(row.state is ExportState.SENT for row in rows):
             self.state.set_job_state(job_id, JobState.DONE)
