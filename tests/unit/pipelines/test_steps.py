@@ -20,6 +20,7 @@ from pipelines.writers import write_seg
 
 TINY = ChestPhantom(slices=8, size=64, pixel_spacing_mm=5.6, slice_thickness_mm=5.0)
 BIRTH_DATE = "1961-07-23"
+NOT_DICOM = "in the source headers is not valid DICOM"
 
 
 def test_refusals_keep_their_class_and_gain_the_step() -> None:
@@ -36,8 +37,8 @@ def test_refusals_keep_their_class_and_gain_the_step() -> None:
     ("edit", "expected"),
     [
         (("SpecificCharacterSet", "CS", ""), "the source's Specific Character Set is not valid"),
-        (("PatientBirthDate", "DA", BIRTH_DATE), "a date (VR DA) in the source headers is not valid DICOM"),
-        (("StudyTime", "TM", "12:30:00"), "a time (VR TM) in the source headers is not valid DICOM"),
+        (("PatientBirthDate", "DA", BIRTH_DATE), f"a date (VR DA) {NOT_DICOM}"),
+        (("StudyTime", "TM", "12:30:00"), f"a time (VR TM) {NOT_DICOM}"),
         (("PatientSex", "CS", "male"), "the source's Patient's Sex is not M, F, O or empty"),
         (("StudyID", None, None), "the source has no StudyID"),
     ],
