@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
+from dicom_node.log_privacy import keep_values_out_of_logs
 from dicom_node.settings import Settings, load_settings
 
 __all__ = ["build_settings", "common_options", "configure_logging"]
@@ -35,7 +36,13 @@ def common_options(func: F) -> F:
 
 
 def configure_logging(verbose: int, quiet: bool, default: str = "INFO") -> None:
-    """Log to stderr; pynetdicom's chatter stays at WARNING unless -vv."""
+    """Log to stderr without values; pynetdicom's chatter stays at WARNING unless -vvv.
+
+    Every record of the process, from any library, goes through
+    :func:`dicom_node.log_privacy.keep_values_out_of_logs`: warnings and
+    third-party records keep their category and location, never their text.
+    """
+    keep_values_out_of_logs()
     level = (
         logging.WARNING
         if quiet
@@ -53,6 +60,9 @@ def configure_logging(verbose: int, quiet: bool, default: str = "INFO") -> None:
     # highdicom logs the UIDs of the source images it copies from at INFO: UIDs name
     # studies, and logs name a study only by its tag (DESIGN.md promise 5).
     logging.getLogger("highdicom").setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
+    # pydicom logs each invalid value it reads at WARNING and warns about it too
+    # (warn_and_log): the warning alone reaches the log, once per place, as a category.
+    logging.getLogger("pydicom").setLevel(logging.DEBUG if verbose >= 3 else logging.ERROR)
 
 
 def build_settings(config: Path | None, **overrides: Any) -> Settings:
