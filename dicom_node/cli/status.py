@@ -22,7 +22,12 @@ from pathlib import Path
 
 import click
 
-from dicom_node.cli.options import build_settings, common_options, configure_logging
+from dicom_node.cli.options import (
+    build_settings,
+    common_options,
+    configure_logging,
+    require_spool,
+)
 from dicom_node.web.models import OverviewPublic
 
 __all__ = ["PASSWORD_ENV", "fetch_overview", "format_overview", "local_overview", "status"]
@@ -51,8 +56,7 @@ def local_overview(config: Path | None) -> OverviewPublic:
     from dicom_node.web.views import build_overview
 
     settings = build_settings(config)
-    if not settings.spool_dir.is_dir():
-        raise click.ClickException(f"no spool at {settings.spool_dir}: is this the node machine?")
+    require_spool(settings, config)
     state = StateDB(settings.state_db_url)
     queries = StateQueries(state)
     probe = BrokerProbe(
