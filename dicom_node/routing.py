@@ -79,6 +79,7 @@ from dicom_node.routing_reasons import (
     RuleResult,
     SeriesVerdict,
 )
+from dicom_node.scp.storage import ROUTING_KEYWORDS
 from dicom_node.state import SeriesInputs
 from pipelines.spec import ConditionValue, PipelineSpec, SelectionMode, SelectionRule
 
@@ -90,6 +91,7 @@ __all__ = [
     "orientation_of",
     "route_study",
     "rule_matches",
+    "rule_warnings",
 ]
 
 
@@ -366,3 +368,51 @@ def route_study(series: Iterable[SeriesInputs], pipelines: Mapping[str, Pipeline
                 )
             )
     return Routing(decisions=tuple(decisions), verdicts=tuple(verdicts))
+
+
+def rule_warnings(spec: PipelineSpec) -> list[str]:
+    """Conditions of a pipeline that cannot mean what they seem to (``dicom-node config check``).
+
+    Parameters
+    ----------
+    spec : PipelineSpec
+        A pipeline definition.
+
+    Returns
+    -------
+    list[str]
+        One sentence per suspicious condition: a keyword the receiver does not keep
+        (always absent), or a negative lookahead (a positive regex, which never holds
+        on a series that lacks the attribute).
+
+    Examples
+    --------
+    >>> spec = PipelineSpec.model_validate({
+    ...     "name": "p", "version": "1",
+    ...     "selection": {"rules": [{"name": "r", "conditions": {
+    ...         "SeriesDescription": "^(?!.*scout)", "PatientAge": "^0"}}]},
+    ...     "model": {"kind": "builtin", "name": "body_lung_threshold"},
+    ...     "labels": [{"value": 1, "name": "b", "label": "B",
+    ...                 "category": {"value": "1", "meaning": "c"},
+    ...                 "type": {"value": "2", "meaning": "t"}}]})
+    >>> for line in rule_warnings(spec): print(line)
+    p, rule 'r': SeriesDescription uses a negative lookahead, which never holds on a \
+series without SeriesDescription; to exclude values write "!pattern"
+    p, rule 'r': PatientAge is not among the attributes the receiver keeps for routing, \
+so it is always absent
+    """
+    warnings = []
+    for rule in spec.selection.rules:
+        where = f"{spec.name}, rule '{rule.name}'"
+        for keyword, expected in rule.conditions.items():
+            if isinstance(expected, str) and not expected.startswith("!") and "(?!" in expected:
+                warnings.append(
+                    f"{where}: {keyword} uses a negative lookahead, which never holds on a "
+                    f'series without {keyword}; to exclude values write "!pattern"'
+                )
+            if keyword != "Orientation" and keyword not in ROUTING_KEYWORDS:
+                warnings.append(
+                    f"{where}: {keyword} is not among the attributes the receiver keeps "
+                    "for routing, so it is always absent"
+                )
+    return warnings

@@ -5,12 +5,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from dicom_node.cli import main
 from dicom_node.routing import (
     evaluate_condition,
     evaluate_rule,
     orientation_of,
     route_study,
     rule_matches,
+    rule_warnings,
 )
 from dicom_node.routing_reasons import (
     Audience,
@@ -310,3 +312,27 @@ def test_verdicts_survive_the_json_of_the_state_db() -> None:
     rules = SeriesVerdict.rules_from_json(verdict.rules_json())
     assert rules == verdict.rules
     assert condition_text(rules[0].conditions[0], Audience.VIEWER) == "Modality MR ≠ CT"
+
+
+def test_config_check_warns_about_conditions_that_cannot_mean_what_they_seem(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    specs = load_pipeline_specs(REPO / "config" / "pipelines")
+    assert all(rule_warnings(spec) == [] for spec in specs.values()), "the shipped rules are clean"
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    source = (REPO / "config" / "pipelines" / "ct-body-lung.yaml").read_text()
+    changed = source.replace(
+        'SeriesDescription: "!(?i)(scout|topo|localizer|dose)"',
+        'SeriesDescription: "(?i)^(?!.*(scout|topo|localizer|dose)).*$"\n        PatientAge: "^0"',
+    )
+    assert changed != source
+    (folder / "ct-body-lung.yaml").write_text(changed)
+    config = tmp_path / "node.yaml"
+    config.write_text(f"pipelines_dir: {folder}\n")
+    assert main(["config", "check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "warning: ct-body-lung, rule 'axial CT': SeriesDescription uses a negative lookahead" in out
+    )
+    assert "warning: ct-body-lung, rule 'axial CT': PatientAge is not among" in out
