@@ -17,12 +17,14 @@ or a later ``basicConfig`` set up) and routing Python warnings into logging
 - **Records of other libraries** keep their logger, level and location, never
   their text, except for the infrastructure that never sees DICOM data
   (:data:`TRUSTED_LOGGERS`: Celery's own workings, kombu, Redis, uvicorn's
-  server messages) and the node's own packages.
+  server messages), pynetdicom from WARNING up (association, TLS and network
+  errors: :data:`TRUSTED_FROM_LEVEL`) and the node's own packages.
 - **Exceptions** in any record are rendered with their types and frames
   (file, line, function, code), never their messages; only the node's own
   refusals (:class:`~dicom_node.errors.NodeError`,
   :class:`~pipelines.errors.PipelineError`), whose reasons are written to be
-  shown, keep their text. An exception passed as a ``%s`` argument is told the
+  shown, and the infrastructure's (Celery's "worker lost", kombu's "connection
+  refused") keep their text. An exception passed as a ``%s`` argument is told the
   same way; an ``OSError`` keeps its error text, not its file name.
 
 Uncaught exceptions (``sys.excepthook``, ``threading.excepthook``) are logged
@@ -76,6 +78,12 @@ TRUSTED_LOGGERS = (
     "uvicorn.error",
     "multiprocessing",
 )
+#: Libraries that do see DICOM data but speak of the protocol from this level up
+#: (pynetdicom's association and TLS errors); below it (-vvv) they dump data sets.
+TRUSTED_FROM_LEVEL = {"pynetdicom": logging.WARNING}
+#: Packages whose exceptions describe infrastructure (a worker lost, a time limit, a
+#: broker connection), never attribute values: their text is kept.
+_INFRASTRUCTURE_ERRORS = ("celery.", "billiard.", "kombu.", "redis.", "amqp.")
 _WARNINGS_LOGGER = "py.warnings"
 #: logging.captureWarnings formats "file:line: Category: text"; only the first three stay.
 _WARNING_HEAD = re.compile(r"^(?P<file>.*?):(?P<line>\d+): (?P<category>[A-Za-z_][\w.]*):")
@@ -125,7 +133,7 @@ def safe_exception(exc: BaseException) -> str:
     'NodeError: the spool is full'
     """
     name = type(exc).__qualname__
-    if isinstance(exc, _SHOWN):
+    if isinstance(exc, _SHOWN) or type(exc).__module__.startswith(_INFRASTRUCTURE_ERRORS):
         return f"{name}: {exc}"
     if isinstance(exc, OSError) and exc.strerror:
         errno = f"[Errno {exc.errno}] " if exc.errno is not None else ""
@@ -194,9 +202,18 @@ def _sanitise(record: logging.LogRecord) -> None:
         else:
             record.msg = f"a warning {_WITHHELD}"
         record.args = None
-    elif not (_under(name, OWN_LOGGERS) or _under(name, TRUSTED_LOGGERS)):
+    elif not (
+        _under(name, OWN_LOGGERS)
+        or _under(name, TRUSTED_LOGGERS)
+        or any(
+            _under(name, (p,)) and record.levelno >= lvl for p, lvl in TRUSTED_FROM_LEVEL.items()
+        )
+    ):
         record.msg = f"{record.levelname} record of {name} at {where} {_WITHHELD}"
         record.args = None
+    elif isinstance(record.msg, BaseException):
+        # logger.exception(exc): the message is the exception itself.
+        record.msg, record.args = safe_exception(record.msg), None
     elif isinstance(record.args, tuple):
         record.args = tuple(_safe_arg(a) for a in record.args)
     elif isinstance(record.args, Mapping):

@@ -59,6 +59,10 @@ PROGRAM = textwrap.dedent(
         log.exception("job 7 failed")
     # 3. A library's own log line quoting a value, and an exception as an argument.
     logging.getLogger("somelib").warning("bad name %s", "{NAME}")
+    logging.getLogger("pynetdicom.acse").exception(ValueError("{NAME}"))
+    logging.getLogger("pynetdicom.acse").error("Association Rejected")
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG)  # as -vvv does
+    logging.getLogger("pynetdicom.dsutils").info("(0010,0010) PN [{NAME}]")
     log.warning("export failed (%s)", ValueError("{NAME}"))
     # 4. Celery's task lines pass a mapping with the exception's repr.
     logging.getLogger("celery.app.trace").error(
@@ -96,6 +100,10 @@ def test_no_value_reaches_the_log(json_logs: bool) -> None:
     assert "ValueError (text withheld)" in log
     assert "highdicom/base.py" in log, "the frames of the traceback stay"
     assert "WARNING record of somelib at" in log
+    assert "pynetdicom.acse" in log
+    assert log.count("ValueError (text withheld)") >= 3, "the node's, pynetdicom's, the argument's"
+    assert "Association Rejected" in log, "pynetdicom's protocol errors stay"
+    assert "INFO record of pynetdicom.dsutils" in log, "its data set dumps do not"
     assert "export failed (ValueError (text withheld))" in log
     assert "Task t raised: (text withheld)" in log
     assert "uncaught exception in thread worker-thread" in log
