@@ -51,6 +51,7 @@ __all__ = [
     "RuleResult",
     "SeriesVerdict",
     "condition_text",
+    "is_news",
     "shows_value",
     "verdict_text",
 ]
@@ -357,6 +358,25 @@ def _rule_text(rule: RuleResult, audience: Audience) -> str:
         return f"rule '{rule.rule}': none of " + "; ".join(told) if told else "no conditions"
     failed = [condition_text(c, audience) for c in rule.conditions if not c.holds]
     return f"rule '{rule.rule}': " + "; ".join(failed)
+
+
+def is_news(verdict: SeriesVerdict) -> bool:
+    """Whether a verdict is worth a line in a summary (the log, the overview, ``status``).
+
+    A disabled pipeline none of whose rules matches says nothing about the series;
+    every other verdict does (a disabled pipeline that would have matched does).
+
+    Parameters
+    ----------
+    verdict : SeriesVerdict
+        The verdict.
+
+    Returns
+    -------
+    bool
+        False only for a disabled pipeline whose rules do not match.
+    """
+    return verdict.outcome is not Outcome.DISABLED or any(r.holds for r in verdict.rules)
 
 
 def verdict_text(verdict: SeriesVerdict, audience: Audience) -> str:

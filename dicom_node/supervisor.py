@@ -30,7 +30,7 @@ from dicom_node.broker import broker_holdings, send_job, task_state, tasks_on_li
 from dicom_node.export import next_attempt, send_files
 from dicom_node.phi import study_tag
 from dicom_node.routing import route_study
-from dicom_node.routing_reasons import Audience, verdict_text
+from dicom_node.routing_reasons import Audience, is_news, verdict_text
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
 from dicom_node.state import ExportState, JobState, JobView, NewJob, StateDB
@@ -162,7 +162,7 @@ class Supervisor:
             if routing.decisions:
                 continue
             numbers = {item.series_uid: n for n, item in enumerate(series, start=1)}
-            for verdict in routing.verdicts:
+            for verdict in filter(is_news, routing.verdicts):
                 logger.info(
                     "study=%s series %d of %d (%d instances): %s %s",
                     tag,

@@ -15,7 +15,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from dicom_node.phi import study_tag
-from dicom_node.routing_reasons import Audience, condition_text, shows_value, verdict_text
+from dicom_node.routing_reasons import (
+    Audience,
+    condition_text,
+    is_news,
+    shows_value,
+    verdict_text,
+)
 from dicom_node.settings import WebRole, WebUser
 from dicom_node.state import JobView
 from dicom_node.state.queries import (
@@ -168,7 +174,7 @@ def _series_label(row: RoutingRow) -> str:
 
 def _unrouted_public(item: UnroutedStudy) -> UnroutedStudyPublic:
     """A study without jobs, told for any user: no free-text value in the reasons."""
-    ordered = sorted(item.rows, key=_routing_order)
+    ordered = sorted((row for row in item.rows if is_news(row.verdict)), key=_routing_order)
     return UnroutedStudyPublic(
         study_uid=item.study_uid,
         study_tag=study_tag(item.study_uid),

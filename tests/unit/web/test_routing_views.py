@@ -100,6 +100,7 @@ def test_supervisor_stores_a_verdict_per_series_and_pipeline(
     assert why, lines
     assert "not selected: rule 'axial CT': Modality ≠ CT" in why[0]
     assert all(DESCRIPTION not in line and " MR " not in line for line in lines)
+    assert not any("ct-chest-unet" in line for line in lines), "disabled and not matching"
 
 
 def test_a_changed_study_stores_no_verdict_and_a_rerouting_replaces_them(
@@ -195,3 +196,4 @@ def test_status_lists_studies_without_a_job_and_why(
     assert "ct-body-lung: not selected: rule 'axial CT': Modality MR ≠ CT" in out
     assert study_tag(routed.ct.study_uid) not in out
     assert DESCRIPTION not in out
+    assert "ct-chest-unet" not in out, "a disabled pipeline that would not match is no news"
