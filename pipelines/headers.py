@@ -38,11 +38,12 @@ never the value, so it can be logged.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from pydicom import config
 from pydicom.charset import convert_encodings
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -160,12 +161,9 @@ def normalise_headers(datasets: Iterable[Dataset]) -> tuple[HeaderFix, ...]:
 
 def _normalise(ds: Dataset) -> list[HeaderFix]:
     fixes: list[HeaderFix] = []
-    if any(tag.is_private for tag in ds):
-        ds.remove_private_tags()
-        fixes.append(HeaderFix("private elements", "removed: no writer needs them"))
     charset = ds.get("SpecificCharacterSet")
     # Decode every text value with the source's own character set before it changes.
-    for elem in list(ds.iterall()):
+    for elem in list(_elements(ds, fixes)):
         if elem.VR in _TEXT_VRS or (elem.VR in ("DS", "IS") and elem.tag.group == _PATIENT):
             fix = _fix_element(elem)
             if fix is not None:
@@ -182,6 +180,26 @@ def _normalise(ds: Dataset) -> list[HeaderFix]:
     if fix is not None:
         fixes.append(fix)
     return fixes
+
+
+def _elements(ds: Dataset, fixes: list[HeaderFix]) -> Iterator[DataElement]:
+    """Every element, sequences' items included; private and unreadable ones removed."""
+    for tag in list(ds.keys()):
+        if tag.is_private:
+            del ds[tag]
+            fixes.append(HeaderFix("private elements", "removed: no writer needs them"))
+            continue
+        try:
+            elem = ds[tag]
+        except Exception:  # noqa: BLE001 - pydicom raises many types on a damaged value
+            del ds[tag]
+            fixes.append(HeaderFix(keyword_for_tag(tag) or str(tag), "removed: unreadable"))
+            continue
+        if elem.VR == "SQ":
+            for item in elem.value:
+                yield from _elements(item, fixes)
+        else:
+            yield elem
 
 
 def _keyword(elem: DataElement) -> str:

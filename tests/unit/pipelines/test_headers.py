@@ -19,8 +19,9 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_charset_files, get_testdata_files
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 
 from dicom_node.phantom import ChestPhantom
@@ -201,3 +202,23 @@ def test_odd_headers_do_not_fail_the_job(
         assert pydicom.dcmread(tmp_path / "out" / "seg.dcm").PatientBirthDate == "19610723"
     if case == "ISO study time":
         assert pydicom.dcmread(tmp_path / "out" / "sr.dcm").StudyTime == "123000"
+
+
+def test_nested_private_and_unreadable_elements(tiny: list[Path]) -> None:
+    header = pydicom.dcmread(tiny[0], stop_before_pixels=True)
+    item = Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    item.ReferencedSOPInstanceUID = "1.2.3.4"
+    item.private_block(0x0029, "ACME 1.0", create=True).add_new(0x10, "LO", "vendor text")
+    header.ReferencedStudySequence = [item]
+    # A weight the modality wrote as text, and a time no parser reads, as raw bytes.
+    header[0x00101030] = RawDataElement(Tag(0x00101030), "DS", 3, b"abc", 0, False, True)
+    header[0x00080030] = RawDataElement(Tag(0x00080030), "TM", 4, b"noon", 0, False, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fixes = {str(fix) for fix in normalise_headers([header])}
+    assert "private elements (removed: no writer needs them)" in fixes
+    assert not any(elem.tag.is_private for elem in header.iterall())
+    assert header.get("PatientWeight") in (None, "")
+    assert header.StudyTime == ""
+    assert _copy_into_result(header).StudyInstanceUID == header.StudyInstanceUID
