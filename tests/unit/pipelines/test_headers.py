@@ -181,6 +181,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return list(study.paths)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(EDITS))
 def test_odd_headers_do_not_fail_the_job(
     case: str, tiny: list[Path], body_lung_spec: PipelineSpec, tmp_path: Path
