@@ -30,6 +30,7 @@ from dicom_node.broker import broker_holdings, send_job, task_state, tasks_on_li
 from dicom_node.export import next_attempt, send_files
 from dicom_node.phi import study_tag
 from dicom_node.routing import route_study
+from dicom_node.routing_reasons import Audience, is_news, verdict_text
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
 from dicom_node.state import ExportState, JobState, JobView, NewJob, StateDB
@@ -128,10 +129,16 @@ class Supervisor:
     # -- steps --------------------------------------------------------------------
 
     def complete_studies(self) -> None:
-        """Route every study that has been quiet long enough."""
+        """Route every study that has been quiet long enough, and record why.
+
+        The jobs and a verdict per (series, pipeline) are committed with the
+        study's completion. The log line says how many jobs were created and,
+        when none was, why for each pipeline, without attribute values (the
+        dashboard's study page shows them to those allowed to see them).
+        """
         for study_uid in self.state.studies_due(utcnow(), self.settings.stability.quiet_for):
             count, series = self.state.series_inputs(study_uid)
-            decisions = route_study(series, self.pipelines)
+            routing = route_study(series, self.pipelines)
             jobs = [
                 NewJob(
                     series=d.series,
@@ -140,16 +147,31 @@ class Supervisor:
                     queue=d.pipeline.queue,
                     reason=f"rule '{d.rule}' of {d.pipeline.name}",
                 )
-                for d in decisions
+                for d in routing.decisions
             ]
-            created = self.state.complete_study(study_uid, count, jobs)
+            created = self.state.complete_study(study_uid, count, jobs, routing.verdicts)
+            tag = study_tag(study_uid)
             logger.info(
-                "study=%s complete: %d instances, %d series, %d new jobs",
-                study_tag(study_uid),
+                "study=%s complete: %d instances, %d series, %d new jobs (%d selected)",
+                tag,
                 count,
                 len(series),
                 len(created),
+                len(routing.decisions),
             )
+            if routing.decisions:
+                continue
+            numbers = {item.series_uid: n for n, item in enumerate(series, start=1)}
+            for verdict in filter(is_news, routing.verdicts):
+                logger.info(
+                    "study=%s series %d of %d (%d instances): %s %s",
+                    tag,
+                    numbers[verdict.series_uid],
+                    len(series),
+                    len(series[numbers[verdict.series_uid] - 1].instance_uids),
+                    verdict.pipeline,
+                    verdict_text(verdict, Audience.LOG),
+                )
 
     def dispatch(self) -> None:
         """Send QUEUED jobs that were never handed to the broker."""
@@ -161,7 +183,8 @@ class Supervisor:
                 self.state.set_job_state(
                     job.id,
                     JobState.FAILED,
-                    reason=f"pipeline {job.pipeline} {job.pipeline_version} is not configured",
+                    reason=f"dispatch: pipeline {job.pipeline} {job.pipeline_version} "
+                    "is not configured",
                 )
                 continue
             request = JobRequest(
@@ -196,7 +219,9 @@ class Supervisor:
             try:
                 manifest = read_manifest(job_dir)
             except ValueError:
-                self.state.set_job_state(job.id, JobState.FAILED, reason="manifest is unreadable")
+                self.state.set_job_state(
+                    job.id, JobState.FAILED, reason="collect: the worker's manifest is unreadable"
+                )
                 continue
             if manifest is not None and manifest.node_id != self.spool.node_id:
                 logger.error("job %d: ignoring a manifest written for another node", job.id)
@@ -265,7 +290,7 @@ class Supervisor:
                 self.state.set_job_state(
                     job.id,
                     JobState.FAILED,
-                    reason=f"lost by the broker after {job.attempts} attempts",
+                    reason=f"dispatch: lost by the broker after {job.attempts} attempts",
                 )
                 continue
             logger.warning("job %d is not held by the broker; sending it again", job.id)
@@ -333,8 +358,8 @@ class Supervisor:
             self.state.set_job_state(
                 job_id,
                 JobState.FAILED,
-                reason=f"export to {row.destination} failed after {row.attempts} attempts: "
-                f"{row.last_error}",
+                reason=f"export: delivery to {row.destination} failed after {row.attempts} "
+                f"attempts: {row.last_error}",
             )
         elif rows and all(row.state is ExportState.SENT for row in rows):
             self.state.set_job_state(job_id, JobState.DONE)

@@ -19,7 +19,11 @@ Every result file is written atomically (temporary file in the same folder,
 fsync, rename, fsync of the folder), and the result UIDs are deterministic, so
 a redelivered task overwrites its own results with the same objects.
 
-Refusals (:class:`~pipelines.errors.PipelineError` and its subclasses)
+Each step runs inside :func:`pipelines.steps.step`, so a refusal or failure
+names it ("load: ...", "model: ...", "write SEG: ..."). The source headers are
+normalised (:func:`pipelines.headers.normalise_headers`) right after loading,
+before any writer copies them. Refusals (:class:`~pipelines.errors.PipelineError`
+and its subclasses, :class:`~pipelines.steps.StepFailed` for the unforeseen)
 propagate; the task turns them into a SKIPPED or FAILED manifest.
 """
 
@@ -37,10 +41,12 @@ from pydicom.dataset import Dataset
 
 from pipelines import models
 from pipelines.errors import PipelineConfigError, UnsupportedInput
+from pipelines.headers import HeaderFix, normalise_headers
 from pipelines.load import load_series
 from pipelines.manifest import JobManifest, ManifestStatus, OutputObject
 from pipelines.radiograph import load_radiographs
 from pipelines.spec import OutputKind, PipelineSpec, SegmentationKind, TaskKind
+from pipelines.steps import Step, step
 from pipelines.uids import result_uids
 from pipelines.volume import RegionStats, to_volume
 from pipelines.writers import (
@@ -104,41 +110,49 @@ def run_pipeline(
         raise PipelineConfigError(
             f"pipeline {spec.name!r}: output 'sr' references the SEG, so it needs 'seg' too"
         )
-    model = models.segmenter(spec)
+    with step(Step.MODEL):
+        model = models.segmenter(spec)
 
     started = time.perf_counter()
-    volume = to_volume(load_series(input_paths))
+    with step(Step.LOAD):
+        volume = to_volume(load_series(input_paths))
+        _log_fixes(job_id, normalise_headers(volume.datasets))
     loaded = time.perf_counter()
 
-    masks = model(volume)
-    missing = [label.name for label in spec.labels if label.name not in masks]
-    if missing:
-        raise PipelineConfigError(
-            f"the model of pipeline {spec.name!r} does not produce label(s) {', '.join(missing)}"
-        )
-    if spec.segmentation_type == SegmentationKind.LABELMAP:
-        # A label map holds one label per voxel: measure what the SEG will hold.
-        masks = exclusive_masks(spec, masks)
-    stats: dict[str, RegionStats] = {
-        label.name: volume.measure(masks[label.name]) for label in spec.labels
-    }
-    if all(s.voxels == 0 for s in stats.values()):
-        raise UnsupportedInput("the model found none of the pipeline's labels in this series")
+    with step(Step.MODEL):
+        masks = model(volume)
+        missing = [label.name for label in spec.labels if label.name not in masks]
+        if missing:
+            raise PipelineConfigError(
+                f"the model of pipeline {spec.name!r} does not produce label(s) "
+                f"{', '.join(missing)}"
+            )
+        if spec.segmentation_type == SegmentationKind.LABELMAP:
+            # A label map holds one label per voxel: measure what the SEG will hold.
+            masks = exclusive_masks(spec, masks)
+        stats: dict[str, RegionStats] = {
+            label.name: volume.measure(masks[label.name]) for label in spec.labels
+        }
+        if all(s.voxels == 0 for s in stats.values()):
+            raise UnsupportedInput("the model found none of the pipeline's labels in this series")
     inferred = time.perf_counter()
 
     uids = result_uids(spec.name, spec.version, (str(ds.SOPInstanceUID) for ds in volume.instances))
     output_dir.mkdir(parents=True, exist_ok=True)
     outputs: list[OutputObject] = []
     if OutputKind.SEG in spec.outputs:
-        seg = write_seg(volume, masks, spec, uids)
-        outputs.append(_write(seg, output_dir, OutputKind.SEG, OUTPUT_FILES[OutputKind.SEG]))
+        with step(Step.WRITE_SEG):
+            seg = write_seg(volume, masks, spec, uids)
+            outputs.append(_write(seg, output_dir, OutputKind.SEG, OUTPUT_FILES[OutputKind.SEG]))
         if OutputKind.SR in spec.outputs:
-            sr = write_sr(volume, masks, seg, spec, uids, stats)
-            outputs.append(_write(sr, output_dir, OutputKind.SR, OUTPUT_FILES[OutputKind.SR]))
+            with step(Step.WRITE_SR):
+                sr = write_sr(volume, masks, seg, spec, uids, stats)
+                outputs.append(_write(sr, output_dir, OutputKind.SR, OUTPUT_FILES[OutputKind.SR]))
         if OutputKind.SC in spec.outputs:
-            for number, image in enumerate(write_sc(volume, masks, spec, uids), start=1):
-                name = OUTPUT_FILES[OutputKind.SC].format(number)
-                outputs.append(_write(image, output_dir, OutputKind.SC, name))
+            with step(Step.WRITE_SC):
+                for number, image in enumerate(write_sc(volume, masks, spec, uids), start=1):
+                    name = OUTPUT_FILES[OutputKind.SC].format(number)
+                    outputs.append(_write(image, output_dir, OutputKind.SC, name))
     written = time.perf_counter()
 
     timings = {
@@ -169,16 +183,21 @@ def _run_classification(
     spec: PipelineSpec, input_paths: Sequence[Path], output_dir: Path, job_id: int
 ) -> JobManifest:
     """Classify each radiograph of the series and write one SR."""
-    classify = models.classifier(spec)
+    with step(Step.MODEL):
+        classify = models.classifier(spec)
     started = time.perf_counter()
-    images = load_radiographs(input_paths)
+    with step(Step.LOAD):
+        images = load_radiographs(input_paths)
+        _log_fixes(job_id, normalise_headers(image.header for image in images))
     loaded = time.perf_counter()
-    probabilities = [classify(image) for image in images]
+    with step(Step.MODEL):
+        probabilities = [classify(image) for image in images]
     inferred = time.perf_counter()
     uids = result_uids(spec.name, spec.version, (str(i.header.SOPInstanceUID) for i in images))
     output_dir.mkdir(parents=True, exist_ok=True)
-    sr = write_classification_sr(images, probabilities, spec, uids)
-    outputs = [_write(sr, output_dir, OutputKind.SR, OUTPUT_FILES[OutputKind.SR])]
+    with step(Step.WRITE_SR):
+        sr = write_classification_sr(images, probabilities, spec, uids)
+        outputs = [_write(sr, output_dir, OutputKind.SR, OUTPUT_FILES[OutputKind.SR])]
     written = time.perf_counter()
     measurements: dict[str, float] = {}
     for label in spec.labels:
@@ -203,6 +222,14 @@ def _run_classification(
         measurements=measurements,
         timings_s=timings,
     )
+
+
+def _log_fixes(job_id: int, fixes: Sequence[HeaderFix]) -> None:
+    """Say which source attributes were normalised (keywords only, never values)."""
+    if fixes:
+        logger.info(
+            "job=%d source headers normalised: %s", job_id, "; ".join(str(f) for f in fixes)
+        )
 
 
 def clear_model_cache() -> None:

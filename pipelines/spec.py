@@ -54,9 +54,11 @@ __all__ = [
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
-#: A condition's expected value: a regex (string), a number, or a list. A list of two
-#: numbers is an inclusive range; a list of strings is a membership test in which a
-#: leading "!" excludes the value (as in MONAI Deploy's series selector).
+#: A condition's expected value: a regex (string; a leading "!" negates it), a number, or
+#: a list. A list of two numbers is an inclusive range; a list of strings is a membership
+#: test in which a leading "!" excludes the value (as in MONAI Deploy's series selector).
+#: On an absent or empty attribute a condition holds exactly when it only excludes
+#: (a negated regex, a list of "!" items): see :mod:`dicom_node.routing` and docs/routing.md.
 ConditionValue = str | int | float | list[str] | list[int | float]
 
 
@@ -231,7 +233,11 @@ class ModelSpec(_Strict):
 
 
 class SelectionRule(_Strict):
-    """A named set of keyword conditions over a series' header attributes."""
+    """A named set of keyword conditions over a series' header attributes.
+
+    "Not a scout" is ``SeriesDescription: "!(?i)scout"``: a negated condition holds on a
+    series without a description, where a negative lookahead (a positive regex) fails.
+    """
 
     name: str = Field(description="Shown in the job's routing reason.")
     match: Literal["all", "any"] = Field(

@@ -28,6 +28,7 @@ from pipelines.manifest import (
     write_manifest,
 )
 from pipelines.spec import PipelineSpec, load_pipeline_specs
+from pipelines.steps import describe_failure
 
 __all__ = ["execute_job", "register_tasks"]
 
@@ -143,7 +144,7 @@ def execute_job(settings: Settings, request: JobRequest) -> JobManifest:
         manifest = JobManifest(
             job_id=request.job_id,
             status=ManifestStatus.FAILED,
-            reason=f"pipeline error: {type(exc).__name__}",
+            reason=f"worker: {describe_failure(exc)}",
         )
     manifest.worker = socket.gethostname()
     manifest.node_id = request.node_id

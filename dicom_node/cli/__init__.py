@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -16,6 +17,7 @@ from dicom_node.cli.serve import serve
 from dicom_node.cli.status import status
 from dicom_node.cli.web_cmd import web_group
 from dicom_node.cli.worker import worker
+from dicom_node.log_privacy import keep_values_out_of_logs, safe_exception
 
 __all__ = ["cli", "main"]
 
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     int
         The exit code.
     """
+    keep_values_out_of_logs()  # before anything can log or raise
     try:
         result = cli.main(args=argv, prog_name="dicom-node", standalone_mode=False)
     except click.UsageError as exc:
@@ -62,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except click.ClickException as exc:
         exc.show()
+        return 1
+    except Exception as exc:  # the CLI is a process edge: a reason, never a raw traceback
+        logging.getLogger("dicom_node.cli").exception("dicom-node failed")
+        print(f"Error: {safe_exception(exc)} (the log above says where)", file=sys.stderr)
         return 1
     return int(result or 0)
 

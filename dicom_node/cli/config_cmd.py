@@ -27,7 +27,11 @@ def check(config: Path | None, verbose: int, quiet: bool) -> int:
     except PipelineConfigError as exc:
         raise click.ClickException(exc.reason) from exc
     click.echo(f"configuration ok: AE {settings.scp.ae_title} on port {settings.scp.port}")
+    from dicom_node.routing import rule_warnings  # the receiver's modules: only here
+
     for spec in specs.values():
         state = "enabled" if spec.enabled else "disabled"
         click.echo(f"pipeline {spec.name} {spec.version} ({state}, queue {spec.queue})")
+        for warning in rule_warnings(spec):
+            click.echo(f"  warning: {warning}")
     return 0

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from dicom_node.cli.options import build_settings, common_options, configure_logging
+from dicom_node.cli.options import (
+    build_settings,
+    common_options,
+    configure_logging,
+    require_spool,
+)
 from dicom_node.retry import RetryRefused, retry_job
 from dicom_node.spool import Spool
 from dicom_node.state import StateDB
@@ -19,6 +24,7 @@ def retry(config: Path | None, verbose: int, quiet: bool, job_id: int) -> int:
     """Retry job JOB_ID; the running node picks it up on its next pass."""
     configure_logging(verbose, quiet, default="WARNING")
     settings = build_settings(config)
+    require_spool(settings, config)
     state = StateDB(settings.state_db_url)
     try:
         message = retry_job(state, Spool(settings.spool_dir), job_id)

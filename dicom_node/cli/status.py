@@ -22,7 +22,12 @@ from pathlib import Path
 
 import click
 
-from dicom_node.cli.options import build_settings, common_options, configure_logging
+from dicom_node.cli.options import (
+    build_settings,
+    common_options,
+    configure_logging,
+    require_spool,
+)
 from dicom_node.web.models import OverviewPublic
 
 __all__ = ["PASSWORD_ENV", "fetch_overview", "format_overview", "local_overview", "status"]
@@ -51,8 +56,7 @@ def local_overview(config: Path | None) -> OverviewPublic:
     from dicom_node.web.views import build_overview
 
     settings = build_settings(config)
-    if not settings.spool_dir.is_dir():
-        raise click.ClickException(f"no spool at {settings.spool_dir}: is this the node machine?")
+    require_spool(settings, config)
     state = StateDB(settings.state_db_url)
     queries = StateQueries(state)
     probe = BrokerProbe(
@@ -154,7 +158,15 @@ def format_overview(overview: OverviewPublic) -> str:
         f"workers      {workers}",
         f"spool disk   {human_size(disk.free_bytes)} free of {human_size(disk.total_bytes)}, "
         f"watermark {human_size(disk.min_free_bytes)}: {disk_state}",
+        f"no job       {len(overview.unrouted_24h)} studies completed in the last 24 h got no job"
+        + (":" if overview.unrouted_24h else ""),
     ]
+    for study in overview.unrouted_24h:
+        lines.append(
+            f"  {study.study_tag}  {human_time(study.routed_at)} UTC  {study.instance_count} "
+            f"instances in {study.series_count} series"
+        )
+        lines.extend(f"    {reason}" for reason in study.reasons)
     return "\n".join(lines)
 
 
@@ -178,7 +190,11 @@ def status(
     cafile: Path | None,
     as_json: bool,
 ) -> int:
-    """Print the node's overview: arrivals, jobs, queues, workers, failures, disk."""
+    """Print the node's overview: arrivals, jobs, queues, workers, failures, disk.
+
+    It ends with the studies of the last 24 h that got no job, and why for each
+    series and pipeline (values of free-text attributes are never shown).
+    """
     configure_logging(verbose, quiet, default="ERROR")
     if url is None:
         overview = local_overview(config)

@@ -139,9 +139,11 @@ def _json_value(value: object) -> object:
 def _routing_attributes(ds: Dataset) -> dict[str, object]:
     out: dict[str, object] = {}
     for keyword in ROUTING_KEYWORDS:
+        if keyword not in ds:
+            continue
         value = ds.get(keyword)
-        if value is not None and value != "":
-            out[keyword] = _json_value(value)
+        # Present but empty stays "": routing tells an empty attribute from an absent one.
+        out[keyword] = "" if value is None or value == "" else _json_value(value)
     return out
 
 

@@ -18,10 +18,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, bindparam, create_engine, event, func, select, text, update
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.routing_reasons import Outcome, SeriesVerdict
 from dicom_node.state.schema import (
     TERMINAL_JOB_STATES,
     Association,
@@ -32,6 +43,7 @@ from dicom_node.state.schema import (
     Job,
     JobEvent,
     JobState,
+    RoutingVerdict,
     Series,
     Study,
     StudyState,
@@ -418,13 +430,21 @@ class StateDB:
 
     # -- jobs -------------------------------------------------------------------
 
-    def complete_study(self, study_uid: str, seen_count: int, jobs: Iterable[NewJob]) -> list[int]:
-        """Mark a study complete and create its jobs, in one transaction.
+    def complete_study(
+        self,
+        study_uid: str,
+        seen_count: int,
+        jobs: Iterable[NewJob],
+        verdicts: Iterable[SeriesVerdict] = (),
+    ) -> list[int]:
+        """Mark a study complete, create its jobs and store why, in one transaction.
 
         Nothing happens if an instance arrived since the study was read (its
         count changed): the study stays ARRIVING and is routed again later, so
         no job ever runs on a partial input set. A job whose (series, pipeline,
-        version, input set) already exists is not created again.
+        version, input set) already exists is not created again. The routing
+        verdicts replace those of the study's previous routing; a selected
+        verdict is linked to its job, new or existing.
 
         Parameters
         ----------
@@ -434,6 +454,8 @@ class StateDB:
             Its instance count when routing read it (:meth:`series_inputs`).
         jobs : Iterable[NewJob]
             The jobs routing chose.
+        verdicts : Iterable[SeriesVerdict]
+            Routing's verdict per (series, pipeline).
 
         Returns
         -------
@@ -441,6 +463,7 @@ class StateDB:
             IDs of the jobs created; empty when the study changed or all existed.
         """
         created: list[int] = []
+        job_of: dict[tuple[str, str], tuple[int, bool]] = {}
         with self.session() as s:
             result = s.execute(
                 update(Study)
@@ -453,14 +476,17 @@ class StateDB:
                 return []
             for new in jobs:
                 digest = input_hash(new.series.instance_uids)
-                exists = s.scalar(
-                    select(func.count(Job.id))
+                key = (new.series.series_uid, new.pipeline)
+                existing = s.scalar(
+                    select(Job.id)
                     .where(Job.series_uid == new.series.series_uid)
                     .where(Job.pipeline == new.pipeline)
                     .where(Job.pipeline_version == new.pipeline_version)
                     .where(Job.input_hash == digest)
+                    .limit(1)
                 )
-                if exists:
+                if existing is not None:
+                    job_of[key] = (existing, False)
                     continue
                 job = Job(
                     study_uid=study_uid,
@@ -477,6 +503,27 @@ class StateDB:
                 s.flush()
                 s.add(JobEvent(job_id=job.id, state=JobState.QUEUED, detail=new.reason))
                 created.append(job.id)
+                job_of[key] = (job.id, True)
+            s.execute(delete(RoutingVerdict).where(RoutingVerdict.study_uid == study_uid))
+            now = utcnow()
+            for verdict in verdicts:
+                job_id, is_new = job_of.get((verdict.series_uid, verdict.pipeline), (None, False))
+                if verdict.outcome is not Outcome.SELECTED:
+                    job_id, is_new = None, False
+                s.add(
+                    RoutingVerdict(
+                        study_uid=study_uid,
+                        series_uid=verdict.series_uid,
+                        pipeline=verdict.pipeline,
+                        pipeline_version=verdict.pipeline_version,
+                        outcome=verdict.outcome.value,
+                        rule=verdict.rule,
+                        job_id=job_id,
+                        new_job=is_new,
+                        routed_at=now,
+                        rules=verdict.rules_json(),
+                    )
+                )
         return created
 
     def set_job_state(

@@ -20,6 +20,7 @@ from typing import Any, cast
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.engine import CursorResult
 
+from dicom_node.routing_reasons import Outcome, SeriesVerdict
 from dicom_node.state.db import JobView, StateDB, job_view
 from dicom_node.state.schema import (
     Association,
@@ -29,8 +30,10 @@ from dicom_node.state.schema import (
     Job,
     JobEvent,
     JobState,
+    RoutingVerdict,
     Series,
     Study,
+    StudyState,
     utcnow,
 )
 
@@ -42,10 +45,12 @@ __all__ = [
     "ExportRow",
     "JobDetail",
     "JobEventRow",
+    "RoutingRow",
     "StageDuration",
     "StateQueries",
     "StudyRow",
     "Totals",
+    "UnroutedStudy",
 ]
 
 #: Reason of a job an admin cancelled: "cancelled by <user>". Cancelled jobs are
@@ -94,6 +99,31 @@ class StudyRow:
     study_date: str
     modalities: tuple[str, ...]
     jobs: tuple[JobView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingRow:
+    """A routing verdict with the facts of its series, for the study page.
+
+    ``series_description`` is free text: shown to those who see identities only.
+    """
+
+    verdict: SeriesVerdict
+    routed_at: datetime.datetime
+    series_number: str
+    series_description: str
+    modality: str
+    instances: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnroutedStudy:
+    """A complete study whose last routing left it without any job, and why."""
+
+    study_uid: str
+    routed_at: datetime.datetime
+    instance_count: int
+    rows: tuple[RoutingRow, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +372,111 @@ class StateQueries:
             return conn.execute(
                 select(Instance.path).where(Instance.study_uid == study_uid).limit(1)
             ).scalar()
+
+    def routing(self, study_uid: str) -> list[RoutingRow]:
+        """Why each series of a study was or was not selected by each pipeline.
+
+        Parameters
+        ----------
+        study_uid : str
+            The study.
+
+        Returns
+        -------
+        list[RoutingRow]
+            The verdicts of the study's last routing, by series then pipeline;
+            empty while it has not been routed.
+        """
+        with self._engine.connect() as conn:
+            return self._routing_rows(conn, [study_uid]).get(study_uid, [])
+
+    def studies_without_jobs(
+        self, since: datetime.datetime, *, limit: int = 20
+    ) -> list[UnroutedStudy]:
+        """Complete studies routed since a time that have no job at all, newest first.
+
+        Parameters
+        ----------
+        since : datetime.datetime
+            Naive UTC.
+        limit : int
+            At most this many studies.
+
+        Returns
+        -------
+        list[UnroutedStudy]
+            Each with the verdicts that say why.
+        """
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(Study.study_uid, Study.instance_count, func.max(RoutingVerdict.routed_at))
+                .join(RoutingVerdict, RoutingVerdict.study_uid == Study.study_uid)
+                .where(Study.state == StudyState.COMPLETE)
+                .where(RoutingVerdict.routed_at >= since)
+                .where(~Study.study_uid.in_(select(Job.study_uid)))
+                .group_by(Study.study_uid, Study.instance_count)
+                .order_by(func.max(RoutingVerdict.routed_at).desc())
+                .limit(limit)
+            ).all()
+            verdicts = self._routing_rows(conn, [uid for uid, _, _ in rows])
+        return [
+            UnroutedStudy(
+                study_uid=uid,
+                routed_at=routed_at,
+                instance_count=int(count),
+                rows=tuple(verdicts.get(uid, ())),
+            )
+            for uid, count, routed_at in rows
+        ]
+
+    @staticmethod
+    def _routing_rows(conn: Any, study_uids: list[str]) -> dict[str, list[RoutingRow]]:
+        out: dict[str, list[RoutingRow]] = defaultdict(list)
+        if not study_uids:
+            return out
+        series = {
+            row.series_uid: row
+            for row in conn.execute(
+                select(Series.series_uid, Series.modality, Series.attributes).where(
+                    Series.study_uid.in_(study_uids)
+                )
+            )
+        }
+        counts = dict(
+            conn.execute(
+                select(Instance.series_uid, func.count(Instance.sop_instance_uid))
+                .where(Instance.study_uid.in_(study_uids))
+                .group_by(Instance.series_uid)
+            ).all()
+        )
+        verdicts = conn.execute(
+            select(RoutingVerdict)
+            .where(RoutingVerdict.study_uid.in_(study_uids))
+            .order_by(RoutingVerdict.study_uid, RoutingVerdict.id)
+        ).all()
+        for row in verdicts:
+            facts = series.get(row.series_uid)
+            attributes = dict(facts.attributes or {}) if facts is not None else {}
+            out[row.study_uid].append(
+                RoutingRow(
+                    verdict=SeriesVerdict(
+                        series_uid=row.series_uid,
+                        pipeline=row.pipeline,
+                        pipeline_version=row.pipeline_version,
+                        outcome=Outcome(row.outcome),
+                        rule=row.rule or "",
+                        rules=SeriesVerdict.rules_from_json(row.rules),
+                        job_id=row.job_id,
+                        new_job=bool(row.new_job),
+                    ),
+                    routed_at=row.routed_at,
+                    series_number=str(attributes.get("SeriesNumber", "")),
+                    series_description=str(attributes.get("SeriesDescription", "")),
+                    modality=facts.modality if facts is not None else "",
+                    instances=int(counts.get(row.series_uid, 0)),
+                )
+            )
+        return out
 
     @staticmethod
     def _children(

@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -30,6 +31,7 @@ __all__ = [
     "Job",
     "JobEvent",
     "JobState",
+    "RoutingVerdict",
     "Series",
     "Study",
     "StudyState",
@@ -195,3 +197,28 @@ class Export(Base):
     sent_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
 
     __table_args__ = (UniqueConstraint("job_id", "destination", "sop_instance_uid"),)
+
+
+class RoutingVerdict(Base):
+    """Why one series was or was not selected by one pipeline, at the study's last routing.
+
+    Written in the transaction that completes the study; a study routed again
+    (late instances re-opened it) replaces its rows. ``rules`` holds every
+    rule's evaluation (:meth:`dicom_node.routing_reasons.SeriesVerdict.rules_json`),
+    with the values seen: like the series attributes it comes from, it is shown
+    to logged-in users according to their role and never logged.
+    """
+
+    __tablename__ = "routing_verdicts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    pipeline: Mapped[str] = mapped_column(String(64))
+    pipeline_version: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))
+    rule: Mapped[str] = mapped_column(Text, default="")
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+    new_job: Mapped[bool] = mapped_column(Boolean, default=False)
+    routed_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    rules: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)

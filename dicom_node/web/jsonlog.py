@@ -30,6 +30,9 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            # Rendered without exception text by dicom_node.log_privacy.
+            entry["exception"] = record.exc_text
         return json.dumps(entry, ensure_ascii=False)
 
 

@@ -12,6 +12,7 @@ import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dicom_node.routing_reasons import Outcome, Presence
 from dicom_node.settings import WebRole
 from dicom_node.state.schema import ExportState, JobState
 
@@ -30,10 +31,15 @@ __all__ = [
     "OutputPublic",
     "OverviewPublic",
     "QueuePublic",
+    "RoutingConditionPublic",
+    "RoutingRulePublic",
+    "RoutingVerdictPublic",
     "SessionPublic",
     "StagePublic",
+    "StudyDetailPublic",
     "StudyPagePublic",
     "StudyPublic",
+    "UnroutedStudyPublic",
     "WorkerPublic",
 ]
 
@@ -75,6 +81,19 @@ class DiskPublic(_Public):
     below_watermark: bool
 
 
+class UnroutedStudyPublic(_Public):
+    """A complete study that got no job, with why for each series and pipeline."""
+
+    study_uid: str
+    study_tag: str
+    routed_at: datetime.datetime
+    instance_count: int
+    series_count: int
+    reasons: list[str] = Field(
+        description="One line per (series, pipeline); values of free-text attributes hidden."
+    )
+
+
 class OverviewPublic(_Public):
     """The dashboard's first page, and ``dicom-node status``."""
 
@@ -89,6 +108,9 @@ class OverviewPublic(_Public):
     workers: list[WorkerPublic]
     failures_24h: int
     disk: DiskPublic
+    unrouted_24h: list[UnroutedStudyPublic] = Field(
+        default=[], description="Studies completed in the last 24 h without any job, and why."
+    )
 
 
 class JobPublic(_Public):
@@ -130,6 +152,54 @@ class StudyPublic(_Public):
     first_received: datetime.datetime
     last_received: datetime.datetime
     jobs: list[JobPublic]
+
+
+class RoutingConditionPublic(_Public):
+    """One condition of a rule, as evaluated on the series."""
+
+    keyword: str
+    expected: str = Field(description="The condition as configured.")
+    holds: bool
+    presence: Presence
+    seen: str | None = Field(
+        description="The value seen; None when absent, empty or hidden from this user."
+    )
+    hidden: bool = Field(description="A value was seen, but it is free text this user may not see.")
+    text: str = Field(description="The condition's outcome in words, for this user.")
+
+
+class RoutingRulePublic(_Public):
+    """One rule of a pipeline, as evaluated on the series."""
+
+    rule: str
+    match: str
+    holds: bool
+    conditions: list[RoutingConditionPublic]
+
+
+class RoutingVerdictPublic(_Public):
+    """Why a series was or was not selected by a pipeline."""
+
+    series_uid: str
+    series_number: str
+    series_description: str = Field(description="Masked unless the user sees identities.")
+    modality: str
+    instances: int
+    pipeline: str
+    pipeline_version: str
+    outcome: Outcome
+    rule: str = Field(description="The rule that matched; empty when none did.")
+    job_id: int | None
+    new_job: bool = Field(description="False: the same input set had run before.")
+    why: str = Field(description="The verdict in one line, for this user.")
+    rules: list[RoutingRulePublic]
+
+
+class StudyDetailPublic(StudyPublic):
+    """A study with its jobs and why each series got (or did not get) each pipeline."""
+
+    routed_at: datetime.datetime | None = Field(description="Its last routing; None before.")
+    routing: list[RoutingVerdictPublic]
 
 
 class StudyPagePublic(_Public):

@@ -7,6 +7,7 @@ the same thing.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +15,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from dicom_node.phi import study_tag
+from dicom_node.routing_reasons import (
+    Audience,
+    condition_text,
+    is_news,
+    shows_value,
+    verdict_text,
+)
 from dicom_node.settings import WebRole, WebUser
 from dicom_node.state import JobView
 from dicom_node.state.queries import (
@@ -22,8 +30,10 @@ from dicom_node.state.queries import (
     RETRYABLE_STATES,
     AssociationRow,
     JobDetail,
+    RoutingRow,
     StateQueries,
     StudyRow,
+    UnroutedStudy,
 )
 from dicom_node.state.schema import TERMINAL_JOB_STATES, JobState, utcnow
 from dicom_node.web.context import WebContext
@@ -42,9 +52,14 @@ from dicom_node.web.models import (
     OutputPublic,
     OverviewPublic,
     QueuePublic,
+    RoutingConditionPublic,
+    RoutingRulePublic,
+    RoutingVerdictPublic,
     StagePublic,
+    StudyDetailPublic,
     StudyPagePublic,
     StudyPublic,
+    UnroutedStudyPublic,
     WorkerPublic,
 )
 from dicom_node.web.overlay import OverlayError, render_overlay
@@ -144,6 +159,33 @@ def build_overview(
             min_free_bytes=min_free_bytes,
             below_watermark=bool(min_free_bytes) and usage.free < min_free_bytes,
         ),
+        unrouted_24h=[
+            _unrouted_public(item)
+            for item in queries.studies_without_jobs(now - datetime.timedelta(hours=24))
+        ],
+    )
+
+
+def _series_label(row: RoutingRow) -> str:
+    """A series named without free text: its number, modality and size."""
+    number = f"series {row.series_number}" if row.series_number else "series (no number)"
+    return f"{number} ({row.modality or '?'}, {row.instances} instances)"
+
+
+def _unrouted_public(item: UnroutedStudy) -> UnroutedStudyPublic:
+    """A study without jobs, told for any user: no free-text value in the reasons."""
+    ordered = sorted((row for row in item.rows if is_news(row.verdict)), key=_routing_order)
+    return UnroutedStudyPublic(
+        study_uid=item.study_uid,
+        study_tag=study_tag(item.study_uid),
+        routed_at=_utc(item.routed_at),
+        instance_count=item.instance_count,
+        series_count=len({row.verdict.series_uid for row in item.rows}),
+        reasons=[
+            f"{_series_label(row)} {row.verdict.pipeline}: "
+            f"{verdict_text(row.verdict, Audience.VIEWER)}"
+            for row in ordered
+        ],
     )
 
 
@@ -218,10 +260,86 @@ def studies(
     return StudyPagePublic(total=total, items=[_study_public(row, unmasked) for row in rows])
 
 
-def study(ctx: WebContext, user: WebUser, study_uid: str) -> StudyPublic | None:
-    """One study with its jobs, or None."""
+def study(ctx: WebContext, user: WebUser, study_uid: str) -> StudyDetailPublic | None:
+    """One study with its jobs and why each series got each pipeline or not, or None.
+
+    Values seen by routing are shown by the user's role
+    (:mod:`dicom_node.routing_reasons`): free text, such as a Series
+    Description, to those who see identities only.
+    """
     row = ctx.queries.study(study_uid)
-    return None if row is None else _study_public(row, sees_identities(ctx, user))
+    if row is None:
+        return None
+    unmasked = sees_identities(ctx, user)
+    audience = Audience.ADMIN if unmasked else Audience.VIEWER
+    routing = sorted(ctx.queries.routing(study_uid), key=_routing_order)
+    public = _study_public(row, unmasked)
+    return StudyDetailPublic(
+        **public.model_dump(),
+        routed_at=_utc(routing[0].routed_at) if routing else None,
+        routing=[_routing_public(item, audience) for item in routing],
+    )
+
+
+def _routing_order(row: RoutingRow) -> tuple[int, str, str, str]:
+    number = row.series_number
+    return (
+        int(number) if number.lstrip("-").isdigit() else 1 << 31,
+        row.verdict.series_uid,
+        row.verdict.pipeline,
+        row.verdict.pipeline_version,
+    )
+
+
+def _routing_public(row: RoutingRow, audience: Audience) -> RoutingVerdictPublic:
+    verdict = row.verdict
+    description = row.series_description
+    return RoutingVerdictPublic(
+        series_uid=verdict.series_uid,
+        series_number=row.series_number,
+        series_description=(
+            description if audience is Audience.ADMIN else mask(description, initials=False)
+        ),
+        modality=row.modality,
+        instances=row.instances,
+        pipeline=verdict.pipeline,
+        pipeline_version=verdict.pipeline_version,
+        outcome=verdict.outcome,
+        rule=verdict.rule,
+        job_id=verdict.job_id,
+        new_job=verdict.new_job,
+        why=verdict_text(verdict, audience),
+        rules=[
+            RoutingRulePublic(
+                rule=rule.rule,
+                match=rule.match,
+                holds=rule.holds,
+                conditions=[
+                    RoutingConditionPublic(
+                        keyword=c.keyword,
+                        expected=c.expected
+                        if isinstance(c.expected, str)
+                        else json.dumps(c.expected),
+                        holds=c.holds,
+                        presence=c.presence,
+                        seen=(
+                            _seen_text(c.seen)
+                            if c.seen is not None and shows_value(c.keyword, audience)
+                            else None
+                        ),
+                        hidden=c.seen is not None and not shows_value(c.keyword, audience),
+                        text=condition_text(c, audience),
+                    )
+                    for c in rule.conditions
+                ],
+            )
+            for rule in verdict.rules
+        ],
+    )
+
+
+def _seen_text(value: object) -> str:
+    return "\\".join(str(v) for v in value) if isinstance(value, list) else str(value)
 
 
 def patient_name(ctx: WebContext, user: WebUser, study_uid: str) -> str:

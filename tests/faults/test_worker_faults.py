@@ -192,7 +192,7 @@ def test_archive_down_past_the_budget_fails_visibly_and_retry_delivers(
 
         wait_until(failed, 180, "the job FAILED after the export budget")
         (job,) = db.jobs([JobState.FAILED])
-        assert "export to archive failed after 2 attempts" in job.reason
+        assert "export: delivery to archive failed after 2 attempts" in job.reason
         assert "not established" in job.reason
         with _archive(archive_dir, dicom_port, http_port):
             result = subprocess.run(

@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse
 
 from dicom_node.web import views
 from dicom_node.web.deps import CtxDep, CurrentUser
-from dicom_node.web.models import StudyPagePublic, StudyPublic
+from dicom_node.web.models import StudyDetailPublic, StudyPagePublic
 from dicom_node.web.pages import render
 
 __all__ = ["api", "pages"]
@@ -54,9 +54,9 @@ def list_studies(
     )
 
 
-@api.get("/{study_uid}", response_model=StudyPublic)
-def get_study(ctx: CtxDep, user: CurrentUser, study_uid: str) -> StudyPublic:
-    """One study and its jobs."""
+@api.get("/{study_uid}", response_model=StudyDetailPublic)
+def get_study(ctx: CtxDep, user: CurrentUser, study_uid: str) -> StudyDetailPublic:
+    """One study, its jobs, and why each series got each pipeline or not."""
     found = views.study(ctx, user, study_uid)
     if found is None:
         raise HTTPException(404, "no such study")

@@ -10,7 +10,7 @@ manifest). Only the worker process itself is absent here.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +20,12 @@ import pydicom
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from dicom_node.phantom import ChestPhantom, PhantomLabel, PhantomStudy
+from dicom_node.scp.storage import _routing_attributes
 from dicom_node.settings import Settings, load_settings
 from dicom_node.spool import Spool
 from dicom_node.state import InstanceRecord, JobState, NewJob, StateDB
@@ -155,11 +157,20 @@ def ingest(
     patient_name: str = SENTINEL,
     accession: str = "ACC-1001",
     calling_ae: str = "CT_SCANNER_1",
+    edit: Callable[[Dataset], None] | None = None,
 ) -> PhantomStudy:
-    """Write a phantom and store it as the receiver does: files in the spool, rows committed."""
+    """Write a phantom and store it as the receiver does: files in the spool, rows committed.
+
+    ``edit`` changes each data set before it is stored (e.g. drops its Series
+    Description); the series' routing attributes are read from the stored data
+    set by the receiver's own function.
+    """
     study = phantom.write(folder, patient_name=patient_name, accession_number=accession)
     for path in study.paths:
         ds = pydicom.dcmread(path)
+        if edit is not None:
+            edit(ds)
+            ds.save_as(path, enforce_file_format=True)
         target = spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
         size = spool.write_atomic(target, path.read_bytes())
         state.record_instance(
@@ -176,7 +187,7 @@ def ingest(
                 modality=ds.Modality,
                 accession_number=ds.AccessionNumber,
                 study_date=ds.StudyDate,
-                series_attributes={"Modality": ds.Modality},
+                series_attributes=_routing_attributes(ds),
             )
         )
     return study
