@@ -40,6 +40,7 @@ from dicom_node.state.schema import (
 
 __all__ = [
     "ExportView",
+    "JobListener",
     "InstanceRecord",
     "JobView",
     "NewJob",
@@ -127,6 +128,12 @@ class ExportView:
     last_error: str
 
 
+#: Called inside the transaction that moves a job to a new state (the
+#: notification outbox adds its rows there, so a state change and its
+#: notifications commit together).
+JobListener = Callable[[Session, Job, JobState], None]
+
+
 def input_hash(instance_uids: Iterable[str]) -> str:
     """Hash of a set of SOP Instance UIDs; order does not matter.
 
@@ -144,13 +151,14 @@ def input_hash(instance_uids: Iterable[str]) -> str:
 
 
 # The C-STORE hot path's statements, compiled once per dialect by SQLAlchemy.
-_HAS_INSTANCE = text("SELECT 1 FROM instances WHERE sop_instance_uid = :uid")
+_HAS_INSTANCE = text("SELECT 1 FROM instances WHERE sop_instance_uid = :uid AND purged_at IS NULL")
 _UPSERT_STUDY = text(
     "INSERT INTO studies (study_uid, calling_ae, state, first_received, last_received,"
     " instance_count, accession_number, study_date)"
     " VALUES (:study, :ae, :arriving, :now, :now, 1, :accession, :study_date)"
     " ON CONFLICT (study_uid) DO UPDATE SET last_received = :now, state = :arriving,"
-    " complete_after = NULL, calling_ae = :ae, instance_count = studies.instance_count + 1"
+    " complete_after = NULL, calling_ae = :ae, instance_count = studies.instance_count + 1,"
+    " purged_at = NULL"
 ).bindparams(bindparam("now", type_=DateTime))
 _INSERT_SERIES = text(
     "INSERT INTO series (series_uid, study_uid, modality, attributes)"
@@ -160,7 +168,10 @@ _INSERT_INSTANCE = text(
     "INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,"
     " transfer_syntax_uid, path, size, received_at, association_id)"
     " VALUES (:sop, :series, :study, :sop_class, :ts, :path, :size, :now, :assoc)"
-    " ON CONFLICT (sop_instance_uid) DO NOTHING"
+    # An instance retention removed is stored again when it is sent again.
+    " ON CONFLICT (sop_instance_uid) DO UPDATE SET path = excluded.path, size = excluded.size,"
+    " received_at = excluded.received_at, association_id = excluded.association_id,"
+    " purged_at = NULL WHERE instances.purged_at IS NOT NULL"
 ).bindparams(bindparam("now", type_=DateTime))
 
 
@@ -246,7 +257,12 @@ class StateDB:
             _configure_sqlite(self.engine, immediate=True)
             _configure_sqlite(self.read_engine, immediate=False)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._job_listeners: list[JobListener] = []
         Base.metadata.create_all(self.engine)
+
+    def add_job_listener(self, listener: JobListener) -> None:
+        """Call ``listener`` in the transaction of every job state change (:data:`JobListener`)."""
+        self._job_listeners.append(listener)
 
     def close(self) -> None:
         """Release every pooled connection."""
@@ -504,6 +520,8 @@ class StateDB:
             if measurements is not None:
                 job.measurements = measurements
             s.add(JobEvent(job_id=job_id, state=state, detail=reason))
+            for listener in self._job_listeners:
+                listener(s, job, state)
 
     def record_dispatch(self, job_id: int, task_id: str) -> None:
         """Note that a job was handed to the broker (the outbox is drained)."""

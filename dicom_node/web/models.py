@@ -9,6 +9,7 @@ Times are UTC.
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -244,3 +245,24 @@ class SessionPublic(_Public):
     name: str | None
     role: WebRole | None
     csrf_token: str
+
+
+class AuditRecordPublic(_Public):
+    """One audit record: the flat fields, and the whole PS3.15 A.5 record."""
+
+    seq: int
+    time: datetime.datetime
+    event: str
+    action: str = Field(description="EventActionCode: C, R, U, D or E.")
+    outcome: str = Field(description="EventOutcomeIndicator: 0 success, 4, 8, 12 failures.")
+    user: str
+    study_tags: list[str]
+    summary: str
+    record: dict[str, Any]
+
+
+class AuditPagePublic(_Public):
+    """A page of the audit trail, newest first."""
+
+    total: int | None = Field(description="Records in all; null when filtered.")
+    items: list[AuditRecordPublic]
