@@ -307,7 +307,7 @@ class DeidentifySettings(_Section):
     key_file: Path | None = Field(
         default=None,
         description="File holding the Fernet key that encrypts the UID mapping and keys the "
-        "pseudonyms; DICOM_NODE_DEID_KEY (environment) when empty. Never in the state DB.",
+        "pseudonyms (readable by the node only); never in the state DB.",
     )
     retain_longitudinal_modified_dates: bool = Field(
         default=True,
@@ -329,8 +329,8 @@ class DeidentifySettings(_Section):
     )
     allow_burned_in_annotation: bool = Field(
         default=False,
-        description="Send US, SC, DX, CR, XA, RF, ES, XC and OT images whose Burned In "
-        "Annotation is YES or absent; off refuses them.",
+        description="Send US, SC, DX, MG, IO, XC and OT images whose Burned In Annotation "
+        "is YES or absent; off refuses them.",
     )
     max_date_shift_days: int = Field(
         default=3650, ge=1, description="Largest per-patient date shift, in days."
@@ -361,6 +361,8 @@ class DestinationSettings(_Section):
 
     @model_validator(mode="after")
     def _check_kind(self) -> DestinationSettings:
+        if self.deidentify.enabled and self.deidentify.key_file is None:
+            raise ValueError(f"destination {self.name}: deidentify needs a key_file")
         if self.kind == "dicomweb" and not self.url.startswith(("http://", "https://")):
             raise ValueError(
                 f"destination {self.name}: a dicomweb destination needs an http(s) url"
