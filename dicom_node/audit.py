@@ -159,15 +159,25 @@ class Participant:
 
 @dataclass(frozen=True, slots=True)
 class StudyObject:
-    """A ParticipantObjectIdentification for a study, named by its tag."""
+    """A ParticipantObjectIdentification for a study, named by its tag.
+
+    Give the Study Instance UID (the tag is derived from it) or, where only the
+    tag is known, ``tag``.
+    """
 
     study_uid: str
     details: dict[str, str] = field(default_factory=dict)
+    tag: str = ""
+
+    @property
+    def study_tag(self) -> str:
+        """The study's tag."""
+        return self.tag or study_tag(self.study_uid)
 
     def as_json(self) -> dict[str, Any]:
         """The schema's ParticipantObjectIdentification element (type 2, role 3: report)."""
         out: dict[str, Any] = {
-            "ParticipantObjectID": study_tag(self.study_uid),
+            "ParticipantObjectID": self.study_tag,
             "ParticipantObjectTypeCode": "2",
             "ParticipantObjectTypeCodeRole": "3",
             "ParticipantObjectIDTypeCode": STUDY_TAG_TYPE.as_json(),
@@ -374,7 +384,7 @@ class AuditLog:
             "time": event["EventDateTime"],
             "event": (event_type or event_id).meaning,
             "user": requestors[0] if requestors else "",
-            "study_tags": [study_tag(s.study_uid) for s in studies],
+            "study_tags": [s.study_tag for s in studies],
             "EventIdentification": event,
             "ActiveParticipant": [p.as_json() for p in participants],
             "AuditSourceIdentification": {"AuditSourceID": self.source_id},

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -591,6 +591,19 @@ class StateDB:
             ).all()
             return [job_view(job) for job in rows]
 
+    def removed_by_retention(self, job_id: int) -> tuple[bool, bool]:
+        """Whether retention removed a job's input instances, and its results."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                return False, False
+            inputs = s.scalar(
+                select(func.count(Instance.sop_instance_uid))
+                .where(Instance.path.in_(list(job.inputs)))
+                .where(Instance.purged_at.is_not(None))
+            )
+            return bool(inputs), job.results_purged_at is not None
+
     def job(self, job_id: int) -> JobView | None:
         """Return one job, or None."""
         with self.session() as s:
@@ -605,6 +618,8 @@ class StateDB:
         destinations: Iterable[str],
         objects: Iterable[tuple[str, str]],
         measurements: dict[str, float],
+        *,
+        extra: Mapping[str, Sequence[tuple[str, str]]] | None = None,
     ) -> None:
         """Create PENDING export rows and move the job to EXPORTING, in one transaction.
 
@@ -618,6 +633,9 @@ class StateDB:
             (spool-relative path, SOP Instance UID) of each result object.
         measurements : dict[str, float]
             The job's measurements from its manifest.
+        extra : Mapping[str, Sequence[tuple[str, str]]] or None
+            More objects for some destinations only (a research destination
+            also gets the job's source instances).
         """
         objects = list(objects)
         with self.session() as s:
@@ -625,7 +643,7 @@ class StateDB:
             if job is None:
                 raise ValueError(f"job {job_id} does not exist")
             for dest in destinations:
-                for path, sop_uid in objects:
+                for path, sop_uid in [*(extra or {}).get(dest, ()), *objects]:
                     s.add(
                         Export(job_id=job_id, destination=dest, path=path, sop_instance_uid=sop_uid)
                     )

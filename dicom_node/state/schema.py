@@ -105,7 +105,7 @@ class Study(Base):
     study_date: Mapped[str] = mapped_column(String(8), default="")
     # Retention: when the received instances were removed, and how many bytes that freed.
     purged_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
-    purged_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    purged_bytes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (Index("ix_studies_state", "state"),)
 

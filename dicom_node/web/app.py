@@ -41,10 +41,12 @@ from dicom_node.web.routes import (
     associations,
     audit,
     config,
+    deid,
     failures,
     health,
     jobs,
     overview,
+    retention,
     session,
     studies,
 )
@@ -67,8 +69,10 @@ ROUTERS: tuple[APIRouter, ...] = (
             failures,
             associations,
             config,
+            retention,
             audit,
-        )  # fmt: skip
+            deid,
+        )
         for router in (module.api, module.pages)
     ),
     health.router,

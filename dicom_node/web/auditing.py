@@ -132,13 +132,15 @@ def audit_log_read(ctx: WebContext, request: Request, user: WebUser) -> None:
     )
 
 
-def mapping_read(ctx: WebContext, request: Request, user: WebUser, study_uid: str) -> None:
+def mapping_read(
+    ctx: WebContext, request: Request, user: WebUser, tag: str, destination: str
+) -> None:
     """An admin resolved a de-identified UID back to the study it stands for."""
     ctx.audit.record(
         EventId.INSTANCES_ACCESSED,
         EventAction.READ,
         participants=[_requestor(request, user.name)],
-        studies=[StudyObject(study_uid, {"Viewed": "de-identification map"})],
+        studies=[StudyObject("", {"Viewed": f"de-identification map of {destination}"}, tag)],
         event_type=EventType.UID_MAPPING_READ,
         description=f"{user.name} re-identified a de-identified UID",
     )

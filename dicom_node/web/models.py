@@ -266,3 +266,45 @@ class AuditPagePublic(_Public):
 
     total: int | None = Field(description="Records in all; null when filtered.")
     items: list[AuditRecordPublic]
+
+
+class UsageBucketPublic(_Public):
+    """Spool bytes within an age range."""
+
+    label: str
+    instance_bytes: int
+    result_bytes: int
+
+
+class RetentionCandidatePublic(_Public):
+    """Files the clean-up will remove."""
+
+    kind: str = Field(description="instances (a study's) or results (a job's).")
+    study_tag: str
+    job_id: int | None
+    calling_ae: str
+    outcome: str
+    due_at: datetime.datetime
+    bytes: int
+
+
+class RetentionPublic(_Public):
+    """Disk use by age and what the next clean-up will free."""
+
+    enabled: bool
+    interval_s: float
+    last_run: str | None
+    next_run: str | None
+    usage: list[UsageBucketPublic]
+    due_now_bytes: int
+    next_cleanup_bytes: int = Field(description="Due by the next scheduled run.")
+    candidates: list[RetentionCandidatePublic]
+
+
+class DeidLookupPublic(_Public):
+    """A de-identified UID resolved to its original (admins only; audited)."""
+
+    destination: str
+    pseudonym: str
+    original: str
+    study_tag: str
