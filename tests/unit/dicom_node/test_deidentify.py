@@ -141,7 +141,7 @@ def test_no_identifier_survives_anywhere(path: Path, key: bytes, tmp_path: Path)
 
 
 def test_a_seg_stays_linked_to_its_sources(key: bytes) -> None:
-    sources = [p for p in (SEG_EXAMPLES / "pydicom-source-images" / "CT2").iterdir()]
+    sources = list((SEG_EXAMPLES / "pydicom-source-images" / "CT2").iterdir())
     seg = pydicom.dcmread(SEG_EXAMPLES / "seg_image_ct_binary.dcm")
     deid = Deidentifier(DeidentifySettings(enabled=True), "research", key)
     images = []
@@ -163,7 +163,9 @@ def test_a_seg_stays_linked_to_its_sources(key: bytes) -> None:
         for i in s.ReferencedInstanceSequence
     }
     image_uids = {ds.SOPInstanceUID for ds in images}
-    assert refs and refs <= image_uids and not refs & original_refs
+    assert refs
+    assert refs <= image_uids
+    assert not refs & original_refs
     assert {ds.StudyInstanceUID for ds in images} == {seg.StudyInstanceUID}
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == images[0].SeriesInstanceUID
     assert {ds.FrameOfReferenceUID for ds in images} == {seg.FrameOfReferenceUID}
@@ -245,10 +247,12 @@ def test_research_export_keeps_an_encrypted_map_and_refuses_burned_in(
         prepared.cleanup()
         assert not copy.exists()
         found = UidMap(state, "research", key).original(pseudonym)
-        assert found is not None and found[0] == original
+        assert found is not None
+        assert found[0] == original
         with state.session() as s:
             stored = s.scalars(select(DeidUid.original)).all()
-        assert stored and not any(original in value for value in stored)
+        assert stored
+        assert not any(original in value for value in stored)
         assert original.encode() not in (tmp_path / "state.db").read_bytes()
     finally:
         state.close()
