@@ -22,6 +22,8 @@ from dicom_node.audit import (
 from dicom_node.phi import study_tag
 from dicom_node.settings import SyslogSettings, load_settings
 
+UID = "1.2.826.0.1.99.7"
+
 
 def test_records_follow_the_a5_schema_and_chain(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "audit.jsonl", "NODE@host")
@@ -29,7 +31,7 @@ def test_records_follow_the_a5_schema_and_chain(tmp_path: Path) -> None:
         EventId.PATIENT_RECORD,
         EventAction.READ,
         participants=[Participant("alice", True, "10.1.2.3")],
-        studies=[StudyObject("1.2.826.0.1.99.7", {"Viewed": "study page"})],
+        studies=[StudyObject(UID, {"Viewed": "study page"})],
         description="alice read study page",
     )
     log.record(EventId.QUERY, EventAction.EXECUTE, Outcome.MINOR_FAILURE)
@@ -48,7 +50,7 @@ def test_records_follow_the_a5_schema_and_chain(tmp_path: Path) -> None:
         "1.2.826.0.1.99.7"
     )
     assert "1.2.826.0.1.99.7" not in lines[0].replace(
-        study_tag("1.2.826.0.1.99.7"), ""
+        study_tag(UID), ""
     )  # the UID itself is not there
     assert verify_chain(tmp_path / "audit.jsonl") == 2
     total, records = read_records(tmp_path / "audit.jsonl")
