@@ -49,8 +49,10 @@ def _files(state: StateDB, spool: Spool, study_uid: str) -> list[Path]:
     return [spool.resolve(p) for s in series for p in s.paths]
 
 
-def _done(state: StateDB, spool: Spool, folder: Path, **kw: str) -> tuple[int, str]:
-    study = ingest(state, spool, folder, **kw)
+def _done(
+    state: StateDB, spool: Spool, folder: Path, calling_ae: str = "CT_SCANNER_1"
+) -> tuple[int, str]:
+    study = ingest(state, spool, folder, calling_ae=calling_ae)
     job_id = make_job(state, study)
     (spool.job_dir(job_id) / "seg.dcm").write_bytes(b"result" * 100)
     (spool.job_dir(job_id) / "manifest.json").write_bytes(b"{}")
@@ -144,7 +146,7 @@ def test_a_copy_stored_again_during_the_clean_up_survives(
     victim = _files(state, spool, uid)[0]
     original = victim.read_bytes()
     real_remove = os.rename
-    replaced = []
+    replaced: list[bool] = []
 
     def rename(src: object, dst: object) -> None:
         # The receiver stores a re-sent copy right after the decision was committed.
