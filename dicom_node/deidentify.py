@@ -3,7 +3,8 @@
 **The profile.** Every attribute of PS3.15 Table E.1-1 gets its action, at every
 depth of every sequence: X removed, Z emptied, D replaced by a dummy of its VR,
 U replaced by a pseudonymous UID; the combined actions (X/Z, X/D, Z/D, X/Z/D)
-take the one that keeps the object usable (Z for X/Z, D for the others); X/Z/U*
+take the one that keeps the object usable (Z for X/Z, D for the others, an
+empty sequence for a Z/D or X/Z/D sequence); X/Z/U*
 sequences stay, with the UIDs inside replaced. The table is the standard's, as
 ``dicom-anonymizer`` (KitwareMedical) ships it scraped from the DocBook source
 (:data:`TABLE_VERSION`); this module only applies it. Every private attribute
@@ -121,6 +122,8 @@ class Action(StrEnum):
     REMOVE = "X"
     EMPTY = "Z"
     DUMMY = "D"
+    #: Z/D and X/Z/D: a dummy value, or an empty sequence (Type 2 sequences stay).
+    EMPTY_OR_DUMMY = "Z/D"
     UID = "U"
     KEEP_REFERENCES = "X/Z/U*"
 
@@ -135,7 +138,7 @@ def _table() -> tuple[dict[int, Action], list[tuple[int, int, int, int]]]:
     lists = (
         ("X_TAGS", Action.REMOVE), ("Z_TAGS", Action.EMPTY), ("D_TAGS", Action.DUMMY),
         ("U_TAGS", Action.UID), ("X_Z_TAGS", Action.EMPTY), ("X_D_TAGS", Action.DUMMY),
-        ("Z_D_TAGS", Action.DUMMY), ("X_Z_D_TAGS", Action.DUMMY),
+        ("Z_D_TAGS", Action.EMPTY_OR_DUMMY), ("X_Z_D_TAGS", Action.EMPTY_OR_DUMMY),
         ("X_Z_U_STAR_TAGS", Action.KEEP_REFERENCES),
     )  # fmt: skip
     for name, action in lists:
@@ -391,7 +394,7 @@ class Deidentifier:
             return
         if action is Action.REMOVE:
             del ds[tag]
-        elif action is Action.EMPTY:
+        elif action is Action.EMPTY or (action is Action.EMPTY_OR_DUMMY and element.VR == "SQ"):
             _empty(ds, element)
         elif int(tag) in (_PATIENT_NAME, _PATIENT_ID):
             return  # set to the patient's pseudonym by apply()

@@ -16,7 +16,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-__all__ = ["Hook", "Mailbox", "run_smtp", "run_webhook_receiver"]
+__all__ = ["Hook", "Mailbox", "run_plain_smtp", "run_smtp", "run_webhook_receiver"]
 
 
 @dataclass
@@ -69,6 +69,18 @@ class _Handler:
     async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802
         self.box.messages.append(message_from_bytes(envelope.content))
         return "250 OK"
+
+
+@contextmanager
+def run_plain_smtp(port: int) -> Iterator[Mailbox]:
+    """An SMTP server without TLS or login, on loopback (aiosmtpd)."""
+    box = Mailbox(port)
+    controller = Controller(_Handler(box), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield box
+    finally:
+        controller.stop()
 
 
 @contextmanager
