@@ -126,7 +126,7 @@ def run(
     hook_port, smtp_port, web_port = free_port(), free_port(), free_port()
     archive = {"name": "archive", "ae_title": "ORTHANC", "host": "127.0.0.1",
                "port": orthanc.dicom_port, "timeout_s": 5}  # fmt: skip
-    research = {**archive, "name": "research",
+    research_dest = {**archive, "name": "research",
                 "deidentify": {"enabled": True, "key_file": str(folder / "deid.key")}}  # fmt: skip
     notify = {
         "webhooks": [{"name": "ris", "url": f"http://127.0.0.1:{hook_port}/", "secret": SECRET,
@@ -144,7 +144,7 @@ def run(
         folder,
         redis_server.db_url(14),
         orthanc.dicom_port,
-        export={"destinations": [archive, research]},
+        export={"destinations": [archive, research_dest]},
         notify=notify,
         retention={"enabled": False},
         web=web,
@@ -187,7 +187,6 @@ def run(
                 with state.session() as s:
                     row = s.get(Study, study.study_uid)
                     return row is not None and row.purged_at is not None
-                return False
 
             wait_until(purged, 60, "retention to remove the study", interval_s=0.5)
             wait_until(
@@ -210,9 +209,7 @@ def run(
                mailbox, hook, research, job.id, dashboard)  # fmt: skip
 
 
-def test_research_copy_is_complete_linked_and_without_identifiers(
-    run: Run, orthanc: OrthancHandle, tmp_path: Path
-) -> None:
+def test_research_copy_is_complete_linked_and_without_identifiers(run: Run, tmp_path: Path) -> None:
     assert set(run.research) == {"CT", "SEG", "SR"}
     images = run.research["CT"]
     assert len(images) == len(run.study.paths)
