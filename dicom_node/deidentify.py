@@ -205,9 +205,8 @@ def burned_in_refusal(ds: Dataset) -> str | None:
     value = str(ds.get("BurnedInAnnotation", "")).strip().upper()
     if value == "NO":
         return None
-    state = "YES" if value == "YES" else "NO"
     if value == "YES":
-        return f"{modality} image with Burned In Annotation {state}: pixels carry text"
+        return f"{modality} image with Burned In Annotation YES: pixels carry text"
     return f"{modality} image without Burned In Annotation NO: pixels may carry identifying text"
 
 

@@ -9,6 +9,7 @@ sequences included) and in every decoded value.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,7 +195,6 @@ def test_dates_shift_by_one_offset_per_patient_and_options_keep_what_they_say(
     before = (ds.StudyDate, ds.SeriesDate, ds.ContentDate, ds.StudyTime)
     deid.apply(ds)
     days = deid.date_shift_days("1CT1")
-    import datetime
 
     def back(value: str) -> str:
         day = datetime.datetime.strptime(value, "%Y%m%d") - datetime.timedelta(days=days)
