@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi.responses import HTMLResponse
 
 from dicom_node.deidentify import DeidentifyError, UidMap, load_key
 from dicom_node.web import auditing
 from dicom_node.web.deps import AdminUser, CtxDep
 from dicom_node.web.models import DeidLookupPublic
+from dicom_node.web.pages import render
 
 __all__ = ["api", "pages"]
 
@@ -19,15 +21,9 @@ pages = APIRouter(include_in_schema=False)
 _UID = r"^[0-9.]{1,64}$"
 
 
-@api.get("/{destination}/uids/{pseudonym}", response_model=DeidLookupPublic)
-def lookup(
-    request: Request,
-    ctx: CtxDep,
-    user: AdminUser,
-    destination: str,
-    pseudonym: Annotated[str, Path(pattern=_UID)],
+def _lookup(
+    request: Request, ctx: CtxDep, user: AdminUser, destination: str, pseudonym: str
 ) -> DeidLookupPublic:
-    """The original UID behind a de-identified one (admins only; audited)."""
     dest = next((d for d in ctx.settings.export.destinations if d.name == destination), None)
     if dest is None or not dest.deidentify.enabled:
         raise HTTPException(404, "no research destination of that name")
@@ -42,3 +38,37 @@ def lookup(
     return DeidLookupPublic(
         destination=dest.name, pseudonym=pseudonym, original=original, study_tag=tag
     )
+
+
+@api.get("/{destination}/uids/{pseudonym}", response_model=DeidLookupPublic)
+def lookup(
+    request: Request,
+    ctx: CtxDep,
+    user: AdminUser,
+    destination: str,
+    pseudonym: Annotated[str, Path(pattern=_UID)],
+) -> DeidLookupPublic:
+    """The original UID behind a de-identified one (admins only; audited)."""
+    return _lookup(request, ctx, user, destination, pseudonym)
+
+
+@pages.get("/deid", response_class=HTMLResponse)
+def lookup_page(
+    request: Request,
+    ctx: CtxDep,
+    user: AdminUser,
+    destination: Annotated[str, Query(max_length=64)] = "",
+    uid: Annotated[str, Query(pattern=r"^([0-9.]{1,64})?$")] = "",
+) -> HTMLResponse:
+    """Resolve a research UID on the dashboard (admins only; audited)."""
+    found, error = None, ""
+    if destination and uid:
+        try:
+            found = _lookup(request, ctx, user, destination, uid)
+        except HTTPException as exc:
+            error = str(exc.detail)
+    names = [d.name for d in ctx.settings.export.destinations if d.deidentify.enabled]
+    return render(
+        request, ctx, user, "deid.html", destinations=names, destination=destination, uid=uid,
+        found=found, error=error,
+    )  # fmt: skip

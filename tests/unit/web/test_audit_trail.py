@@ -139,8 +139,11 @@ def test_the_deidentification_map_is_for_admins_and_audited(
             assert found["original"] == "1.2.840.99.1"
             assert found["study_tag"] == study_tag("1.2.840.99")
             assert admin_browser.get("/api/deid/research/uids/2.25.43").status_code == 404
+            page = admin_browser.get("/deid", params={"destination": "research", "uid": "2.25.42"})
+            assert "1.2.840.99.1" in page.text
+            assert viewer_browser.get("/deid").status_code == 403
         reads = [r for r in _records(settings) if r["event"] == "De-identification map read"]
-        assert [r["user"] for r in reads] == ["admin"]
+        assert [r["user"] for r in reads] == ["admin", "admin"]
         assert reads[0]["study_tags"] == [study_tag("1.2.840.99")]
     finally:
         state.close()
