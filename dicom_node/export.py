@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pydicom import dcmread
 from pynetdicom import AE
@@ -48,6 +49,16 @@ logger = logging.getLogger(__name__)
 _STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 
 
+class Backoff(Protocol):
+    """Settings with a doubling backoff (export, notifications)."""
+
+    @property
+    def backoff_initial_s(self) -> float: ...  # noqa: D102
+
+    @property
+    def backoff_max_s(self) -> float: ...  # noqa: D102
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
     """Outcome of sending one file."""
@@ -57,13 +68,13 @@ class DeliveryResult:
     error: str
 
 
-def backoff_delay(settings: ExportSettings, attempts: int) -> float:
+def backoff_delay(settings: Backoff, attempts: int) -> float:
     """Seconds to wait before the next attempt after ``attempts`` failures.
 
     Parameters
     ----------
-    settings : ExportSettings
-        Backoff configuration.
+    settings : Backoff
+        Backoff configuration (``export``, ``notify``).
     attempts : int
         Failed attempts so far (1 after the first failure).
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
+from dicom_node.audit import open_audit, record_start, record_stop
 from dicom_node.broker import make_producer
+from dicom_node.notify import Notifier
+from dicom_node.retention import Retention
 from dicom_node.scp import Receiver, ReceiverHandle
 from dicom_node.scp.pool import ReceiverPool
 from dicom_node.settings import Settings
@@ -44,9 +48,19 @@ class Node:
         longest = max((p.time_limit_s for p in self.pipelines.values()), default=900)
         self.producer = make_producer(settings.broker, longest)
         self.receiver = Receiver(settings.scp, settings.stability, self.spool, self.state)
+        self.audit = open_audit(settings)
         self.supervisor = Supervisor(
-            settings, self.spool, self.state, self.pipelines, self.producer
+            settings, self.spool, self.state, self.pipelines, self.producer, audit=self.audit
         )
+        self.notifier = Notifier(settings.notify, settings.scp.ae_title, self.state, self.pipelines)
+        if self.notifier.enabled:
+            # Notifications commit with the state change that causes them (an outbox).
+            self.state.add_job_listener(self.notifier.on_job_state)
+            self.supervisor.add_loop("notify", (self.notifier.send_due,))
+        self.retention = Retention(settings.retention, self.spool, self.state)
+        if settings.retention.enabled:
+            self.supervisor.add_loop("retention", (self._retention_pass,))
+        self._next_retention = 0.0
         self._handle: ReceiverHandle | None = None
         self._pool: ReceiverPool | None = None
         #: The dashboard, when ``web.enabled``; set by :meth:`start`.
@@ -57,6 +71,7 @@ class Node:
         logger.info(
             "starting: spool=%s pipelines=%s", self.spool.root, ", ".join(self.pipelines) or "-"
         )
+        record_start(self.audit, self.settings, "serve")
         stale = self.spool.remove_stale_temporaries()
         if stale:
             logger.info("removed %d partial writes left by a previous run", stale)
@@ -82,6 +97,14 @@ class Node:
         )
         self.web = start_web_server(app, self.settings.web)
 
+    def _retention_pass(self) -> None:
+        """Run the clean-up every ``retention.interval_s`` (the loop itself polls faster)."""
+        now = time.monotonic()
+        if now < self._next_retention:
+            return
+        self._next_retention = now + self.settings.retention.interval_s
+        self.retention.run()
+
     def check(self) -> None:
         """Restart extra receiver processes that died; call it periodically."""
         if self._pool is not None:
@@ -96,4 +119,6 @@ class Node:
         self.supervisor.stop()
         if self.web is not None:
             self.web.stop()
+        record_stop(self.audit, "serve")
+        self.audit.close()
         self.state.close()

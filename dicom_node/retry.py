@@ -6,6 +6,9 @@ Where the job failed decides what runs again:
   a destination already accepted is not sent again;
 - it failed on the worker (or was skipped): its manifest and delivery count are
   set aside (renamed, kept for the record) and the job goes back to the outbox.
+
+A retry that needs files retention already removed (the job's input images,
+or the results to send again) is refused with that reason.
 """
 
 from __future__ import annotations
@@ -56,10 +59,15 @@ def retry_job(state: StateDB, spool: Spool, job_id: int, *, who: str = "cli") ->
     if job.state not in (JobState.FAILED, JobState.SKIPPED):
         raise RetryRefused(f"job {job_id} is {job.state.value}; only FAILED or SKIPPED jobs retry")
     exports = state.exports_of(job_id)
+    inputs_removed, results_removed = state.removed_by_retention(job_id)
     if any(row.state is ExportState.FAILED for row in exports):
+        if results_removed:
+            raise RetryRefused(f"job {job_id}: its results were removed by retention")
         count = state.retry_exports(job_id, f"export retried by {who}")
         logger.info("job %d: %d exports retried by %s", job_id, count, who)
         return f"job {job_id}: {count} failed exports will be sent again"
+    if inputs_removed:
+        raise RetryRefused(f"job {job_id}: its input images were removed by retention")
     job_dir = spool.job_dir(job_id)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
     for name in ("manifest.json", "deliveries"):

@@ -33,20 +33,30 @@ from pydantic_settings import (
 
 __all__ = [
     "AllowedCaller",
+    "AuditSettings",
     "BrokerSettings",
     "ClientTlsSettings",
+    "DeidentifySettings",
     "DestinationSettings",
+    "EmailSettings",
     "ExportSettings",
     "JobSettings",
+    "NotifyEvent",
+    "NotifySettings",
+    "RetentionRule",
+    "RetentionSettings",
+    "RetentionSource",
     "ScpSettings",
     "Settings",
     "SourceSettings",
     "StabilitySettings",
+    "SyslogSettings",
     "TlsSettings",
     "WebRole",
     "WebSettings",
     "WebTlsSettings",
     "WebUser",
+    "WebhookSettings",
     "WorkerSettings",
     "load_settings",
 ]
@@ -281,6 +291,52 @@ class ClientTlsSettings(_Section):
         return self
 
 
+class DeidentifySettings(_Section):
+    """De-identification for a research destination (PS3.15 Annex E, Basic Profile).
+
+    The Basic Application Level Confidentiality Profile always applies; the
+    options below retain or clean what it would otherwise remove. See
+    :mod:`dicom_node.deidentify`.
+    """
+
+    enabled: bool = Field(
+        default=False,
+        description="De-identify everything sent to this destination: the job's source "
+        "series and its results.",
+    )
+    key_file: Path | None = Field(
+        default=None,
+        description="File holding the Fernet key that encrypts the UID mapping and keys the "
+        "pseudonyms (readable by the node only); never in the state DB.",
+    )
+    retain_longitudinal_modified_dates: bool = Field(
+        default=True,
+        description="Retain Longitudinal Temporal Information with Modified Dates: dates are "
+        "shifted by a per-patient offset instead of removed (PS3.15 E.3.6).",
+    )
+    retain_device_identity: bool = Field(
+        default=False,
+        description="Retain Device Identity: serial numbers, station names (PS3.15 E.3.9).",
+    )
+    clean_descriptors: bool = Field(
+        default=False,
+        description="Clean Descriptors: keep descriptions and comments with the patient's "
+        "identifiers removed from them, instead of removing them (PS3.15 E.3.5).",
+    )
+    send_sources: bool = Field(
+        default=True,
+        description="Send the job's source series with its results (research needs both).",
+    )
+    allow_burned_in_annotation: bool = Field(
+        default=False,
+        description="Send US, SC, DX, MG, IO, XC and OT images whose Burned In Annotation "
+        "is YES or absent; off refuses them.",
+    )
+    max_date_shift_days: int = Field(
+        default=3650, ge=1, description="Largest per-patient date shift, in days."
+    )
+
+
 class DestinationSettings(_Section):
     """An archive results are sent to: by C-STORE (dimse) or DICOMweb STOW-RS (dicomweb)."""
 
@@ -298,9 +354,15 @@ class DestinationSettings(_Section):
     tls: ClientTlsSettings = Field(
         default_factory=ClientTlsSettings, description="TLS towards this archive."
     )
+    deidentify: DeidentifySettings = Field(
+        default_factory=DeidentifySettings,
+        description="Send de-identified copies (a research destination).",
+    )
 
     @model_validator(mode="after")
     def _check_kind(self) -> DestinationSettings:
+        if self.deidentify.enabled and self.deidentify.key_file is None:
+            raise ValueError(f"destination {self.name}: deidentify needs a key_file")
         if self.kind == "dicomweb" and not self.url.startswith(("http://", "https://")):
             raise ValueError(
                 f"destination {self.name}: a dicomweb destination needs an http(s) url"
@@ -319,6 +381,168 @@ class ExportSettings(_Section):
     max_attempts: int = Field(default=12, ge=1, description="Attempts before FAILED.")
     backoff_initial_s: float = Field(default=5, gt=0, description="First retry delay.")
     backoff_max_s: float = Field(default=900, gt=0, description="Longest retry delay.")
+
+
+class NotifyEvent(StrEnum):
+    """What a notification can be sent for."""
+
+    FAILED = "FAILED"
+    DONE = "DONE"
+    FINDING = "FINDING"
+
+
+class WebhookSettings(_Section):
+    """A webhook: JSON POSTed to a URL, signed with HMAC-SHA256 (see :mod:`dicom_node.notify`)."""
+
+    name: str = Field(min_length=1, max_length=64, description="Name in logs and the audit.")
+    url: str = Field(description="http(s) URL the JSON is POSTed to.")
+    secret: SecretStr = Field(
+        description="Shared secret of the HMAC-SHA256 signature (16+ characters)."
+    )
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: [NotifyEvent.FAILED], description="Events sent here."
+    )
+    timeout_s: float = Field(default=10, gt=0, description="Connect and read timeout.")
+    tls: ClientTlsSettings = Field(
+        default_factory=ClientTlsSettings, description="CA and client certificate for https."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> WebhookSettings:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook {self.name}: url must be http(s)")
+        if len(self.secret.get_secret_value()) < 16:
+            raise ValueError(f"webhook {self.name}: secret must be at least 16 characters")
+        return self
+
+
+class EmailSettings(_Section):
+    """E-mail by SMTP, optionally with STARTTLS and a login."""
+
+    name: str = Field(min_length=1, max_length=64, description="Name in logs and the audit.")
+    host: str = Field(description="SMTP server.")
+    port: int = Field(default=587, ge=1, le=65535, description="SMTP port.")
+    starttls: bool = Field(default=True, description="Upgrade with STARTTLS before sending.")
+    ca_certificates: Path | None = Field(
+        default=None, description="CA bundle for the server's certificate; the system's if empty."
+    )
+    username: str = Field(default="", description="SMTP login; empty sends without one.")
+    password: SecretStr = Field(default=SecretStr(""), description="SMTP password.")
+    sender: str = Field(description="From address.")
+    recipients: list[str] = Field(min_length=1, description="To addresses.")
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: [NotifyEvent.FAILED], description="Events sent here."
+    )
+    timeout_s: float = Field(default=10, gt=0, description="Connection timeout.")
+
+    @model_validator(mode="after")
+    def _check(self) -> EmailSettings:
+        if self.username and not self.starttls:
+            raise ValueError(f"email {self.name}: a login needs starttls (no password in clear)")
+        return self
+
+
+class NotifySettings(_Section):
+    """Webhooks and e-mails on FAILED, DONE and pipeline findings; durable and retried."""
+
+    webhooks: list[WebhookSettings] = Field(default_factory=list, description="Webhooks.")
+    emails: list[EmailSettings] = Field(default_factory=list, description="E-mail channels.")
+    include_identifiers: bool = Field(
+        default=False,
+        description="Add the Study Instance UID and accession number to every notification "
+        "(PHI: only towards systems allowed to hold it). Off: the study tag only.",
+    )
+    dashboard_url: str = Field(
+        default="", description="Base URL of the dashboard, for a link to the job."
+    )
+    max_attempts: int = Field(default=10, ge=1, description="Attempts before giving up.")
+    backoff_initial_s: float = Field(default=5, gt=0, description="First retry delay.")
+    backoff_max_s: float = Field(default=600, gt=0, description="Longest retry delay.")
+
+
+class RetentionRule(_Section):
+    """How long a study's files stay on the spool after it settled, per outcome."""
+
+    done_after_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Received instances of a study whose every job is DONE (all exports "
+        "sent), or SKIPPED, are removed this long after the last job ended.",
+    )
+    failed_after_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="A study with a FAILED job is kept until it is retried, or this long.",
+    )
+    unrouted_after_s: float | None = Field(
+        default=None, ge=0, description="A complete study no pipeline matched: this long."
+    )
+    results_after_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Result objects of a finished job stay this long, for re-export.",
+    )
+
+
+class RetentionSource(RetentionRule):
+    """Retention overrides for one sender (calling AE title)."""
+
+    ae_title: AETitle = Field(description="Calling AE title of the sender.")
+
+
+class RetentionSettings(_Section):
+    """What the spool keeps, and for how long (see :mod:`dicom_node.retention`)."""
+
+    enabled: bool = Field(default=False, description="Remove files by the rules below.")
+    interval_s: float = Field(default=600, gt=0, description="How often the clean-up runs.")
+    defaults: RetentionRule = Field(
+        default_factory=lambda: RetentionRule(
+            done_after_s=7 * 86400,
+            failed_after_s=30 * 86400,
+            unrouted_after_s=2 * 86400,
+            results_after_s=30 * 86400,
+        ),
+        description="Rules for every sender; None keeps forever.",
+    )
+    sources: list[RetentionSource] = Field(
+        default_factory=list, description="Per-sender overrides (None inherits the default)."
+    )
+
+    def rule_for(self, calling_ae: str) -> RetentionRule:
+        """The rule in effect for a sender: its overrides over the defaults."""
+        merged = self.defaults.model_dump()
+        for source in self.sources:
+            if source.ae_title == calling_ae:
+                merged.update(
+                    {
+                        k: v
+                        for k, v in source.model_dump(exclude={"ae_title"}).items()
+                        if v is not None
+                    }
+                )
+        return RetentionRule(**merged)
+
+
+class SyslogSettings(_Section):
+    """RFC 5424 syslog for the audit trail (a SIEM's collector)."""
+
+    enabled: bool = Field(default=False, description="Also send each audit record by syslog.")
+    host: str = Field(default="127.0.0.1", description="Collector host.")
+    port: int = Field(default=514, ge=1, le=65535, description="Collector port.")
+    protocol: Literal["udp", "tcp"] = Field(
+        default="udp", description="udp, or tcp with octet-counting framing (RFC 6587)."
+    )
+    app_name: str = Field(default="dicom-node", max_length=48, description="APP-NAME field.")
+
+
+class AuditSettings(_Section):
+    """The audit trail (see :mod:`dicom_node.audit`)."""
+
+    enabled: bool = Field(default=True, description="Record the audit trail.")
+    path: Path | None = Field(
+        default=None, description="JSON lines file; audit/audit.jsonl in the spool when empty."
+    )
+    syslog: SyslogSettings = Field(default_factory=SyslogSettings, description="Syslog.")
 
 
 class WebRole(StrEnum):
@@ -450,8 +674,20 @@ class Settings(BaseSettings):
     jobs: JobSettings = Field(default_factory=JobSettings, description="Attempts, lost jobs.")
     export: ExportSettings = Field(default_factory=ExportSettings, description="Export.")
     web: WebSettings = Field(default_factory=WebSettings, description="Dashboard and API.")
+    notify: NotifySettings = Field(
+        default_factory=NotifySettings, description="Webhooks and e-mails."
+    )
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings, description="Spool clean-up."
+    )
+    audit: AuditSettings = Field(default_factory=AuditSettings, description="Audit trail.")
     job_poll_seconds: float = Field(default=1.0, gt=0, description="Job/export loop period.")
     log_level: str = Field(default="INFO", description="Logging level.")
+
+    @property
+    def audit_path(self) -> Path:
+        """The audit trail's JSON lines file in effect."""
+        return self.audit.path or self.spool_dir / "audit" / "audit.jsonl"
 
     @property
     def state_db_url(self) -> str:

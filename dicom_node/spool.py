@@ -178,7 +178,12 @@ class Spool:
                     while view:
                         view = view[fh.write(view) :]
                 os.fsync(fh.fileno())
-            os.replace(tmp_name, target)
+            try:
+                os.replace(tmp_name, target)
+            except FileNotFoundError:
+                # Retention removed the (empty) folder meanwhile: make it again, once.
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp_name, target)
             _fsync_dir(target.parent)
         except OSError as exc:
             Path(tmp_name).unlink(missing_ok=True)

@@ -8,10 +8,14 @@ Each pass does, in order (export in a thread of its own):
 3. **collect**: a job's ``manifest.json`` on the spool says how it ended; the
    Celery state tells when it started running;
 4. **recover lost**: jobs neither the broker nor a live worker holds are sent again;
-5. **export**: due export rows are sent to their destinations, with backoff.
+5. **export**: due export rows are sent to their destinations, with backoff;
+   a research destination (``deidentify``) gets de-identified copies of the
+   job's source series and results (:mod:`dicom_node.deidentify`), and every
+   attempt is put in the audit trail (:mod:`dicom_node.audit`).
 
-Every step reads its work from the state DB, so a restarted node resumes where
-the previous one stopped.
+Other loops (notifications, retention) run in threads of their own, added by
+:meth:`Supervisor.add_loop`. Every step reads its work from the state DB, so a
+restarted node resumes where the previous one stopped.
 """
 
 from __future__ import annotations
@@ -26,14 +30,16 @@ from pathlib import Path
 
 from celery import Celery
 
+from dicom_node.audit import AuditLog, EventAction, EventId, Outcome, Participant, Role, StudyObject
 from dicom_node.broker import broker_holdings, send_job, task_state, tasks_on_live_workers
-from dicom_node.export import next_attempt, send_files
+from dicom_node.deidentify import DeidentifyError, Prepared, ResearchExport
+from dicom_node.export import DeliveryResult, next_attempt, send_files
 from dicom_node.phi import study_tag
 from dicom_node.routing import route_study
 from dicom_node.routing_reasons import Audience, is_news, verdict_text
-from dicom_node.settings import Settings
+from dicom_node.settings import DestinationSettings, Settings
 from dicom_node.spool import Spool
-from dicom_node.state import ExportState, JobState, JobView, NewJob, StateDB
+from dicom_node.state import ExportState, ExportView, JobState, JobView, NewJob, StateDB
 from dicom_node.state.schema import utcnow
 from pipelines.manifest import JobManifest, JobRequest, ManifestStatus, read_manifest
 from pipelines.spec import PipelineSpec
@@ -58,6 +64,8 @@ class Supervisor:
         Pipeline definitions by name.
     producer : celery.Celery
         App used to send tasks and read their states.
+    audit : AuditLog or None
+        The audit trail, where every export attempt is recorded.
     """
 
     def __init__(
@@ -67,8 +75,12 @@ class Supervisor:
         state: StateDB,
         pipelines: dict[str, PipelineSpec],
         producer: Celery,
+        audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
+        self.audit = audit
+        self.research = ResearchExport(state, spool.tmp_dir)
+        self._extra_loops: list[tuple[str, tuple[Callable[[], object], ...]]] = []
         self.spool = spool
         self.state = state
         self.pipelines = pipelines
@@ -81,19 +93,23 @@ class Supervisor:
 
     # -- the loop -----------------------------------------------------------------
 
-    def _control_steps(self) -> tuple[Callable[[], None], ...]:
+    def _control_steps(self) -> tuple[Callable[[], object], ...]:
         return (self.complete_studies, self.dispatch, self.collect, self.recover_lost)
 
-    def _export_steps(self) -> tuple[Callable[[], None], ...]:
+    def _export_steps(self) -> tuple[Callable[[], object], ...]:
         return (self.export,)
 
     @staticmethod
-    def _pass(steps: tuple[Callable[[], None], ...]) -> None:
+    def _pass(steps: tuple[Callable[[], object], ...]) -> None:
         for step in steps:
             try:
                 step()
             except Exception:
                 logger.exception("supervisor step %s failed", step.__name__)
+
+    def add_loop(self, name: str, steps: tuple[Callable[[], object], ...]) -> None:
+        """Run ``steps`` in a thread of their own too (call before :meth:`start`)."""
+        self._extra_loops.append((name, steps))
 
     def start(self) -> None:
         """Run the steps in background threads until :meth:`stop`.
@@ -109,6 +125,7 @@ class Supervisor:
             for name, steps in (
                 ("control", self._control_steps()),
                 ("export", self._export_steps()),
+                *self._extra_loops,
             )
         ]
         for thread in self._threads:
@@ -120,7 +137,7 @@ class Supervisor:
         for thread in self._threads:
             thread.join(timeout=60)
 
-    def _run(self, steps: tuple[Callable[[], None], ...]) -> None:
+    def _run(self, steps: tuple[Callable[[], object], ...]) -> None:
         period = min(self.settings.stability.poll_seconds, self.settings.job_poll_seconds)
         while not self._stop.is_set():
             self._pass(steps)
@@ -312,8 +329,17 @@ class Supervisor:
             for out in manifest.outputs
         ]
         destinations = [d.name for d in self.settings.export.destinations]
+        # A research destination gets the images the results were made from, too.
+        sources = [(path, Path(path).stem) for path in job.inputs]
+        extra = {
+            d.name: sources
+            for d in self.settings.export.destinations
+            if d.deidentify.enabled and d.deidentify.send_sources
+        }
         if objects and destinations:
-            self.state.create_exports(job.id, destinations, objects, manifest.measurements)
+            self.state.create_exports(
+                job.id, destinations, objects, manifest.measurements, extra=extra
+            )
         else:
             self.state.set_job_state(job.id, JobState.DONE, measurements=manifest.measurements)
         logger.info("job %d finished on the worker: %d objects", job.id, len(objects))
@@ -332,23 +358,84 @@ class Supervisor:
                 for row in rows:
                     self.state.mark_export_failed(row.id, "destination not configured", None)
                 continue
-            paths = [self.spool.resolve(row.path) for row in rows]
-            results = send_files(self.settings.scp.ae_title, dest, paths)
-            for row, result in zip(rows, results, strict=True):
-                if result.ok:
-                    self.state.mark_export_sent(row.id)
-                    continue
-                retry_at = next_attempt(self.settings.export, row.attempts + 1)
-                self.state.mark_export_failed(row.id, result.error, retry_at)
-                logger.warning(
-                    "job %d export to %s failed (attempt %d): %s",
-                    job_id,
-                    dest_name,
-                    row.attempts + 1,
-                    result.error,
-                )
+            self._send_group(job_id, dest, rows)
         for job_id in touched:
             self._settle_export(job_id)
+
+    def _send_group(self, job_id: int, dest: DestinationSettings, rows: list[ExportView]) -> None:
+        paths = [self.spool.resolve(row.path) for row in rows]
+        prepared: Prepared | None = None
+        if dest.deidentify.enabled:
+            job = self.state.job(job_id)
+            try:
+                prepared = self.research.prepare(
+                    dest.name, dest.deidentify, job.study_uid if job else "", paths
+                )
+            except DeidentifyError as exc:
+                for row in rows:
+                    self.state.mark_export_failed(row.id, exc.reason, None)
+                logger.error("job %d: research export to %s: %s", job_id, dest.name, exc.reason)
+                return
+            for index, reason in prepared.refusals.items():
+                self.state.mark_export_failed(rows[index].id, reason, None)
+            rows = [row for i, row in enumerate(rows) if i not in prepared.refusals]
+            paths = [p for p in prepared.paths if p is not None]
+        try:
+            results = send_files(self.settings.scp.ae_title, dest, paths) if paths else []
+        finally:
+            if prepared is not None:
+                prepared.cleanup()
+        self._audit_export(job_id, dest, results)
+        for row, result in zip(rows, results, strict=True):
+            if result.ok:
+                self.state.mark_export_sent(row.id)
+                continue
+            retry_at = next_attempt(self.settings.export, row.attempts + 1)
+            self.state.mark_export_failed(row.id, result.error, retry_at)
+            logger.warning(
+                "job %d export to %s failed (attempt %d): %s",
+                job_id,
+                dest.name,
+                row.attempts + 1,
+                result.error,
+            )
+
+    def _audit_export(
+        self, job_id: int, dest: DestinationSettings, results: list[DeliveryResult]
+    ) -> None:
+        """Record what went where: DICOM Instances Transferred (PS3.15 A.5.3.10)."""
+        if self.audit is None or not results:
+            return
+        job = self.state.job(job_id)
+        sent = sum(1 for r in results if r.ok)
+        outcome = (
+            Outcome.SUCCESS
+            if sent == len(results)
+            else Outcome.MINOR_FAILURE
+            if sent
+            else Outcome.SERIOUS_FAILURE
+        )
+        where = dest.url if dest.kind == "dicomweb" else f"{dest.ae_title}@{dest.host}:{dest.port}"
+        details = {
+            "JobID": str(job_id),
+            "Destination": dest.name,
+            "Instances": str(len(results)),
+            "Delivered": str(sent),
+            "Deidentified": "YES" if dest.deidentify.enabled else "NO",
+        }
+        self.audit.record(
+            EventId.INSTANCES_TRANSFERRED,
+            EventAction.READ,
+            outcome,
+            participants=[
+                Participant(self.settings.scp.ae_title, True, role=Role.SOURCE),
+                Participant(
+                    where, False, dest.host if dest.kind == "dimse" else "", Role.DESTINATION
+                ),
+            ],
+            studies=[StudyObject(job.study_uid, details)] if job is not None else [],
+            description=f"job {job_id}: {sent} of {len(results)} objects to {dest.name}",
+        )
 
     def _settle_export(self, job_id: int) -> None:
         rows = self.state.exports_of(job_id)

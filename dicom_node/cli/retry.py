@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 
 import click
 
+from dicom_node.audit import (
+    EventAction,
+    EventId,
+    EventType,
+    Outcome,
+    Participant,
+    StudyObject,
+    open_audit,
+)
 from dicom_node.cli.options import (
     build_settings,
     common_options,
@@ -26,11 +36,28 @@ def retry(config: Path | None, verbose: int, quiet: bool, job_id: int) -> int:
     settings = build_settings(config)
     require_spool(settings, config)
     state = StateDB(settings.state_db_url)
+    audit = open_audit(settings)
+    who = f"{getpass.getuser()} (cli)"
+    job = state.job(job_id)
+
+    def _audit(ok: bool, detail: str) -> None:
+        audit.record(
+            EventId.APPLICATION_ACTIVITY,
+            EventAction.EXECUTE,
+            Outcome.SUCCESS if ok else Outcome.MINOR_FAILURE,
+            participants=[Participant(who, True)],
+            studies=[StudyObject(job.study_uid, {"JobID": str(job_id)})] if job else [],
+            event_type=EventType.JOB_RETRY,
+            description=f"{who} retry job {job_id}: {detail}",
+        )
+
     try:
-        message = retry_job(state, Spool(settings.spool_dir), job_id)
+        message = retry_job(state, Spool(settings.spool_dir), job_id, who=who)
     except RetryRefused as exc:
+        _audit(False, exc.reason)
         raise click.ClickException(exc.reason) from exc
     finally:
         state.close()
+    _audit(True, message)
     click.echo(message)
     return 0

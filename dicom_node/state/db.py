@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +25,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     select,
     text,
     update,
@@ -52,6 +53,7 @@ from dicom_node.state.schema import (
 
 __all__ = [
     "ExportView",
+    "JobListener",
     "InstanceRecord",
     "JobView",
     "NewJob",
@@ -139,6 +141,12 @@ class ExportView:
     last_error: str
 
 
+#: Called inside the transaction that moves a job to a new state (the
+#: notification outbox adds its rows there, so a state change and its
+#: notifications commit together).
+JobListener = Callable[[Session, Job, JobState], None]
+
+
 def input_hash(instance_uids: Iterable[str]) -> str:
     """Hash of a set of SOP Instance UIDs; order does not matter.
 
@@ -156,13 +164,14 @@ def input_hash(instance_uids: Iterable[str]) -> str:
 
 
 # The C-STORE hot path's statements, compiled once per dialect by SQLAlchemy.
-_HAS_INSTANCE = text("SELECT 1 FROM instances WHERE sop_instance_uid = :uid")
+_HAS_INSTANCE = text("SELECT 1 FROM instances WHERE sop_instance_uid = :uid AND purged_at IS NULL")
 _UPSERT_STUDY = text(
     "INSERT INTO studies (study_uid, calling_ae, state, first_received, last_received,"
     " instance_count, accession_number, study_date)"
     " VALUES (:study, :ae, :arriving, :now, :now, 1, :accession, :study_date)"
     " ON CONFLICT (study_uid) DO UPDATE SET last_received = :now, state = :arriving,"
-    " complete_after = NULL, calling_ae = :ae, instance_count = studies.instance_count + 1"
+    " complete_after = NULL, calling_ae = :ae, instance_count = studies.instance_count + 1,"
+    " purged_at = NULL"
 ).bindparams(bindparam("now", type_=DateTime))
 _INSERT_SERIES = text(
     "INSERT INTO series (series_uid, study_uid, modality, attributes)"
@@ -172,7 +181,10 @@ _INSERT_INSTANCE = text(
     "INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,"
     " transfer_syntax_uid, path, size, received_at, association_id)"
     " VALUES (:sop, :series, :study, :sop_class, :ts, :path, :size, :now, :assoc)"
-    " ON CONFLICT (sop_instance_uid) DO NOTHING"
+    # An instance retention removed is stored again when it is sent again.
+    " ON CONFLICT (sop_instance_uid) DO UPDATE SET path = excluded.path, size = excluded.size,"
+    " received_at = excluded.received_at, association_id = excluded.association_id,"
+    " purged_at = NULL WHERE instances.purged_at IS NOT NULL"
 ).bindparams(bindparam("now", type_=DateTime))
 
 
@@ -258,7 +270,12 @@ class StateDB:
             _configure_sqlite(self.engine, immediate=True)
             _configure_sqlite(self.read_engine, immediate=False)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._job_listeners: list[JobListener] = []
         Base.metadata.create_all(self.engine)
+
+    def add_job_listener(self, listener: JobListener) -> None:
+        """Call ``listener`` in the transaction of every job state change (:data:`JobListener`)."""
+        self._job_listeners.append(listener)
 
     def close(self) -> None:
         """Release every pooled connection."""
@@ -551,6 +568,8 @@ class StateDB:
             if measurements is not None:
                 job.measurements = measurements
             s.add(JobEvent(job_id=job_id, state=state, detail=reason))
+            for listener in self._job_listeners:
+                listener(s, job, state)
 
     def record_dispatch(self, job_id: int, task_id: str) -> None:
         """Note that a job was handed to the broker (the outbox is drained)."""
@@ -620,6 +639,19 @@ class StateDB:
             ).all()
             return [job_view(job) for job in rows]
 
+    def removed_by_retention(self, job_id: int) -> tuple[bool, bool]:
+        """Whether retention removed a job's input instances, and its results."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                return False, False
+            inputs = s.scalar(
+                select(func.count(Instance.sop_instance_uid))
+                .where(Instance.path.in_(list(job.inputs)))
+                .where(Instance.purged_at.is_not(None))
+            )
+            return bool(inputs), job.results_purged_at is not None
+
     def job(self, job_id: int) -> JobView | None:
         """Return one job, or None."""
         with self.session() as s:
@@ -634,6 +666,8 @@ class StateDB:
         destinations: Iterable[str],
         objects: Iterable[tuple[str, str]],
         measurements: dict[str, float],
+        *,
+        extra: Mapping[str, Sequence[tuple[str, str]]] | None = None,
     ) -> None:
         """Create PENDING export rows and move the job to EXPORTING, in one transaction.
 
@@ -647,6 +681,9 @@ class StateDB:
             (spool-relative path, SOP Instance UID) of each result object.
         measurements : dict[str, float]
             The job's measurements from its manifest.
+        extra : Mapping[str, Sequence[tuple[str, str]]] or None
+            More objects for some destinations only (a research destination
+            also gets the job's source instances).
         """
         objects = list(objects)
         with self.session() as s:
@@ -654,7 +691,7 @@ class StateDB:
             if job is None:
                 raise ValueError(f"job {job_id} does not exist")
             for dest in destinations:
-                for path, sop_uid in objects:
+                for path, sop_uid in [*(extra or {}).get(dest, ()), *objects]:
                     s.add(
                         Export(job_id=job_id, destination=dest, path=path, sop_instance_uid=sop_uid)
                     )

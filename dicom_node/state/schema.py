@@ -28,10 +28,13 @@ __all__ = [
     "Export",
     "ExportState",
     "Instance",
+    "DeidUid",
     "Job",
     "JobEvent",
     "JobState",
     "RoutingVerdict",
+    "Notification",
+    "NotificationState",
     "Series",
     "Study",
     "StudyState",
@@ -74,6 +77,14 @@ class ExportState(StrEnum):
     FAILED = "FAILED"
 
 
+class NotificationState(StrEnum):
+    """Life of one notification to one channel (the notification outbox)."""
+
+    PENDING = "PENDING"
+    SENT = "SENT"
+    FAILED = "FAILED"
+
+
 class Base(DeclarativeBase):
     """Declarative base of the state DB."""
 
@@ -94,6 +105,9 @@ class Study(Base):
     # Shown to logged-in admins only; never logged.
     accession_number: Mapped[str] = mapped_column(String(16), default="")
     study_date: Mapped[str] = mapped_column(String(8), default="")
+    # Retention: when the received instances were removed, and how many bytes that freed.
+    purged_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
+    purged_bytes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (Index("ix_studies_state", "state"),)
 
@@ -123,6 +137,8 @@ class Instance(Base):
     size: Mapped[int] = mapped_column(Integer)
     received_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, index=True)
     association_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Retention removed the file; the row stays for the history and the counters.
+    purged_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Association(Base):
@@ -164,6 +180,8 @@ class Job(Base):
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     measurements: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    # Retention removed the result objects (the manifest stays).
+    results_purged_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
 
     __table_args__ = (UniqueConstraint("series_uid", "pipeline", "pipeline_version", "input_hash"),)
 
@@ -222,3 +240,42 @@ class RoutingVerdict(Base):
     new_job: Mapped[bool] = mapped_column(Boolean, default=False)
     routed_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, index=True)
     rules: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+
+
+class Notification(Base):
+    """One notification (webhook or e-mail) of a job's event: the durable outbox."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    event: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(80))
+    payload: Mapped[dict[str, object]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=NotificationState.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    sent_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class DeidUid(Base):
+    """A de-identified UID and the original it replaced, encrypted (Fernet), per destination.
+
+    The original is never stored in clear: ``original_digest`` (an HMAC keyed
+    like the pseudonyms) finds a row without decrypting, and only an admin's
+    look-up in the dashboard decrypts ``original``.
+    """
+
+    __tablename__ = "deid_uids"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    pseudonym: Mapped[str] = mapped_column(String(64), index=True)
+    original_digest: Mapped[str] = mapped_column(String(64))
+    original: Mapped[str] = mapped_column(Text)
+    study_tag: Mapped[str] = mapped_column(String(16), default="")
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("destination", "original_digest"),)

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from starlette.middleware.sessions import SessionMiddleware
 
 from dicom_node import __version__
+from dicom_node.audit import open_audit
 from dicom_node.metrics import NodeCollector
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
@@ -38,11 +39,14 @@ from dicom_node.web.pages import make_templates
 from dicom_node.web.probe import BrokerProbe
 from dicom_node.web.routes import (
     associations,
+    audit,
     config,
+    deid,
     failures,
     health,
     jobs,
     overview,
+    retention,
     session,
     studies,
 )
@@ -57,7 +61,18 @@ logger = logging.getLogger(__name__)
 ROUTERS: tuple[APIRouter, ...] = (
     *(
         router
-        for module in (session, overview, studies, jobs, failures, associations, config)
+        for module in (
+            session,
+            overview,
+            studies,
+            jobs,
+            failures,
+            associations,
+            config,
+            retention,
+            audit,
+            deid,
+        )
         for router in (module.api, module.pages)
     ),
     health.router,
@@ -150,6 +165,7 @@ def create_app(
         probe=probe or BrokerProbe(settings.broker, queues, settings.web.worker_ping_timeout_s),
         queues=queues,
         templates=make_templates(),
+        audit=open_audit(settings),
         owns_state=owns_state,
     )
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastapi.templating import Jinja2Templates
 
+from dicom_node.audit import AuditLog
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
 from dicom_node.state import StateDB
@@ -71,6 +72,8 @@ class WebContext:
         Queue name to the pipelines routed to it.
     templates : fastapi.templating.Jinja2Templates
         The page templates.
+    audit : AuditLog
+        The audit trail (:mod:`dicom_node.web.auditing` writes to it).
     owns_state : bool
         Whether closing the context closes ``state`` (it opened it).
     """
@@ -82,6 +85,7 @@ class WebContext:
     probe: BrokerProbe
     queues: Mapping[str, list[str]]
     templates: Jinja2Templates
+    audit: AuditLog
     owns_state: bool = False
     auth: Authenticator = field(init=False)
     names: PatientNames = field(default_factory=PatientNames)
@@ -116,5 +120,6 @@ class WebContext:
     def close(self) -> None:
         """Close what this context opened."""
         self.probe.close()
+        self.audit.close()
         if self.owns_state:
             self.state.close()

@@ -9,6 +9,7 @@ Times are UTC.
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -314,3 +315,66 @@ class SessionPublic(_Public):
     name: str | None
     role: WebRole | None
     csrf_token: str
+
+
+class AuditRecordPublic(_Public):
+    """One audit record: the flat fields, and the whole PS3.15 A.5 record."""
+
+    seq: int
+    time: datetime.datetime
+    event: str
+    action: str = Field(description="EventActionCode: C, R, U, D or E.")
+    outcome: str = Field(description="EventOutcomeIndicator: 0 success, 4, 8, 12 failures.")
+    user: str
+    study_tags: list[str]
+    summary: str
+    record: dict[str, Any]
+
+
+class AuditPagePublic(_Public):
+    """A page of the audit trail, newest first."""
+
+    total: int | None = Field(description="Records in all; null when filtered.")
+    items: list[AuditRecordPublic]
+
+
+class UsageBucketPublic(_Public):
+    """Spool bytes within an age range."""
+
+    label: str
+    instance_bytes: int
+    result_bytes: int
+
+
+class RetentionCandidatePublic(_Public):
+    """Files the clean-up will remove."""
+
+    kind: str = Field(description="instances (a study's) or results (a job's).")
+    study_tag: str
+    job_id: int | None
+    calling_ae: str
+    outcome: str
+    due_at: datetime.datetime
+    bytes: int
+
+
+class RetentionPublic(_Public):
+    """Disk use by age and what the next clean-up will free."""
+
+    enabled: bool
+    interval_s: float
+    last_run: str | None
+    next_run: str | None
+    usage: list[UsageBucketPublic]
+    due_now_bytes: int
+    next_cleanup_bytes: int = Field(description="Due by the next scheduled run.")
+    candidates: list[RetentionCandidatePublic]
+
+
+class DeidLookupPublic(_Public):
+    """A de-identified UID resolved to its original (admins only; audited)."""
+
+    destination: str
+    pseudonym: str
+    original: str
+    study_tag: str

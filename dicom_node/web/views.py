@@ -549,13 +549,14 @@ def job_detail(ctx: WebContext, user: WebUser, job_id: int) -> JobDetailPublic |
     )
 
 
-def overlay_png(ctx: WebContext, job_id: int) -> bytes:
-    """The job's segmentation over a few source slices, as a PNG (cached).
+def overlay_png(ctx: WebContext, job_id: int) -> tuple[bytes, str]:
+    """The job's segmentation over a few source slices, as a PNG (cached), and its study.
 
     Raises
     ------
     OverlayError
-        If the job does not exist, has no SEG, or the picture cannot be drawn.
+        If the job does not exist, has no SEG, its source images were removed
+        by retention, or the picture cannot be drawn.
     """
     detail = ctx.queries.job_detail(job_id)
     if detail is None:
@@ -566,16 +567,20 @@ def overlay_png(ctx: WebContext, job_id: int) -> bytes:
     key = (job_id, seg.stat().st_mtime_ns)
     cached = ctx.overlays.get(key)
     if cached is not None:
-        return cached
+        return cached, detail.job.study_uid
     sources = []
     for relative in detail.inputs:
         try:
-            sources.append(ctx.spool_path(relative))
+            path = ctx.spool_path(relative)
         except ValueError:
             continue
+        if path.is_file():  # retention removes received instances before results
+            sources.append(path)
+    if not sources:
+        raise OverlayError("the source images are no longer on the spool (retention)")
     png = render_overlay(seg, sources)
     ctx.overlays.put(key, png)
-    return png
+    return png, detail.job.study_uid
 
 
 # -- associations and configuration ----------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from dicom_node.web import auditing
 from dicom_node.web.auth import (
     TooManyAttempts,
     csrf_token,
@@ -55,11 +56,14 @@ def post_session(request: Request, ctx: CtxDep, body: LoginRequest) -> SessionPu
     try:
         user = ctx.auth.authenticate(body.name, body.password)
     except TooManyAttempts as exc:
+        auditing.authentication(ctx, request, body.name, ok=False)
         raise HTTPException(429, "too many failed logins; wait a few minutes") from exc
     if user is None:
         logger.warning("failed login for %r", body.name[:64])
+        auditing.authentication(ctx, request, body.name, ok=False)
         raise HTTPException(401, "wrong name or password")
     log_in(request, user)
+    auditing.authentication(ctx, request, user.name, ok=True)
     logger.info("%s logged in (api)", user.name)
     return _session_public(request, ctx)
 
@@ -67,7 +71,10 @@ def post_session(request: Request, ctx: CtxDep, body: LoginRequest) -> SessionPu
 @api.post("/logout", response_model=SessionPublic)
 def api_logout(request: Request, ctx: CtxDep) -> SessionPublic:
     """End the session."""
+    name = session_user_name(request)
     log_out(request)
+    if name:
+        auditing.authentication(ctx, request, name, ok=True, logout=True)
     return _session_public(request, ctx)
 
 
@@ -93,16 +100,21 @@ def login_form(
         user, error = None, "too many failed logins; wait a few minutes"
     if user is None:
         logger.warning("failed login for %r", name[:64])
+        auditing.authentication(ctx, request, name, ok=False)
         return render(
             request, ctx, None, "login.html", status_code=401, next=safe_next(next), error=error
         )
     log_in(request, user)
+    auditing.authentication(ctx, request, user.name, ok=True)
     logger.info("%s logged in", user.name)
     return RedirectResponse(safe_next(next), status_code=303)
 
 
 @pages.post("/logout")
-def logout_form(request: Request) -> RedirectResponse:
+def logout_form(request: Request, ctx: CtxDep) -> RedirectResponse:
     """End the session and show the login page."""
+    name = session_user_name(request)
     log_out(request)
+    if name:
+        auditing.authentication(ctx, request, name, ok=True, logout=True)
     return RedirectResponse("/login", status_code=303)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 
-from dicom_node.web import views
+from dicom_node.web import auditing, views
 from dicom_node.web.deps import CtxDep, CurrentUser
 from dicom_node.web.models import StudyDetailPublic, StudyPagePublic
 from dicom_node.web.pages import render
@@ -30,6 +30,7 @@ Offset = Annotated[int, Query(ge=0)]
 
 @api.get("", response_model=StudyPagePublic)
 def list_studies(
+    request: Request,
     ctx: CtxDep,
     user: CurrentUser,
     q: Text = "",
@@ -41,7 +42,7 @@ def list_studies(
     offset: Offset = 0,
 ) -> StudyPagePublic:
     """Studies matching the search, newest first."""
-    return views.studies(
+    page = views.studies(
         ctx,
         user,
         text=q,
@@ -52,14 +53,19 @@ def list_studies(
         limit=limit,
         offset=offset,
     )
+    auditing.studies_searched(ctx, request, user, page.total)
+    return page
 
 
 @api.get("/{study_uid}", response_model=StudyDetailPublic)
-def get_study(ctx: CtxDep, user: CurrentUser, study_uid: str) -> StudyDetailPublic:
+def get_study(
+    request: Request, ctx: CtxDep, user: CurrentUser, study_uid: str
+) -> StudyDetailPublic:
     """One study, its jobs, and why each series got each pipeline or not."""
     found = views.study(ctx, user, study_uid)
     if found is None:
         raise HTTPException(404, "no such study")
+    auditing.study_accessed(ctx, request, user, study_uid, "study (api)")
     return found
 
 
@@ -87,6 +93,7 @@ def studies_page(
         limit=50,
         offset=offset,
     )
+    auditing.studies_searched(ctx, request, user, page.total)
     search = {"q": q, "modality": modality, "calling_ae": calling_ae, "date_from": date_from,
               "date_to": date_to}  # fmt: skip
     return render(
@@ -101,4 +108,5 @@ def study_page(request: Request, ctx: CtxDep, user: CurrentUser, study_uid: str)
     if found is None:
         raise HTTPException(404, "no such study")
     name = views.patient_name(ctx, user, study_uid)
+    auditing.study_accessed(ctx, request, user, study_uid, "study page")
     return render(request, ctx, user, "study.html", study=found, patient_name=name)
