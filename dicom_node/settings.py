@@ -232,6 +232,12 @@ class WorkerSettings(_Section):
         default="cpu",
         description="Torch device of this worker process; set per GPU process by the parent.",
     )
+    process_start_timeout_s: float = Field(
+        default=60,
+        gt=0,
+        description="How long a new pool process may take to report ready before Celery "
+        "kills it (Celery's own default, 4 s, is too short on a loaded machine).",
+    )
 
 
 class JobSettings(_Section):
