@@ -33,6 +33,7 @@ __all__ = [
     "Series",
     "Study",
     "StudyState",
+    "WebSession",
     "utcnow",
 ]
 
@@ -195,3 +196,22 @@ class Export(Base):
     sent_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
 
     __table_args__ = (UniqueConstraint("job_id", "destination", "sop_instance_uid"),)
+
+
+class WebSession(Base):
+    """A dashboard login, kept on the server so that it can be ended there.
+
+    The cookie carries a random token; only its SHA-256 is stored, so reading
+    this table does not give anyone a working cookie.
+    """
+
+    __tablename__ = "web_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(64), index=True)
+    # SHA-256 of the user's password hash at login: a new password ends the session.
+    credential: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime.datetime] = mapped_column(DateTime)

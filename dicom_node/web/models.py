@@ -30,6 +30,9 @@ __all__ = [
     "OutputPublic",
     "OverviewPublic",
     "QueuePublic",
+    "RevokePublic",
+    "RevokeRequest",
+    "SessionInfoPublic",
     "SessionPublic",
     "StagePublic",
     "StudyPagePublic",
@@ -244,3 +247,29 @@ class SessionPublic(_Public):
     name: str | None
     role: WebRole | None
     csrf_token: str
+
+
+class SessionInfoPublic(_Public):
+    """An open dashboard session, as an admin sees it (no token)."""
+
+    user: str
+    address: str
+    created_at: datetime.datetime
+    last_seen_at: datetime.datetime
+    expires_at: datetime.datetime
+
+
+class RevokeRequest(BaseModel):
+    """Whom ``POST /api/session/revoke`` logs out everywhere."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: str | None = Field(
+        default=None, max_length=64, description="A user name; none logs everyone out."
+    )
+
+
+class RevokePublic(_Public):
+    """How many sessions ended."""
+
+    revoked: int
