@@ -8,7 +8,10 @@ Each pass does, in order (export in a thread of its own):
 3. **collect**: a job's ``manifest.json`` on the spool says how it ended; the
    Celery state tells when it started running;
 4. **recover lost**: jobs neither the broker nor a live worker holds are sent again;
-5. **export**: due export rows are sent to their destinations, with backoff.
+5. **export**: due export rows are sent to their destinations, with backoff;
+6. **withdraw**: where a job's new result has reached a destination, the
+   results it supersedes there are withdrawn with IOCM rejection notes
+   (:mod:`dicom_node.withdrawal`), sent by the next export pass.
 
 Every step reads its work from the state DB, so a restarted node resumes where
 the previous one stopped.
@@ -34,6 +37,8 @@ from dicom_node.settings import Settings
 from dicom_node.spool import Spool
 from dicom_node.state import ExportState, JobState, JobView, NewJob, StateDB
 from dicom_node.state.schema import utcnow
+from dicom_node.state.supersession import jobs_with_superseded_elders
+from dicom_node.withdrawal import withdraw_superseded
 from pipelines.manifest import JobManifest, JobRequest, ManifestStatus, read_manifest
 from pipelines.spec import PipelineSpec
 
@@ -77,6 +82,9 @@ class Supervisor:
         #: Jobs seen missing from the broker once; re-sent when seen missing twice.
         self._suspects: set[int] = set()
         self._threads: list[threading.Thread] = []
+        #: Jobs whose exports settled since the last withdraw step; None before
+        #: the first, which looks at every job (what a crash may have left).
+        self._settled: set[int] | None = None
 
     # -- the loop -----------------------------------------------------------------
 
@@ -84,7 +92,7 @@ class Supervisor:
         return (self.complete_studies, self.dispatch, self.collect, self.recover_lost)
 
     def _export_steps(self) -> tuple[Callable[[], None], ...]:
-        return (self.export,)
+        return (self.export, self.withdraw)
 
     @staticmethod
     def _pass(steps: tuple[Callable[[], None], ...]) -> None:
@@ -324,6 +332,16 @@ class Supervisor:
                 )
         for job_id in touched:
             self._settle_export(job_id)
+        if self._settled is not None:
+            self._settled |= touched
+
+    def withdraw(self) -> None:
+        """Queue rejection notes for results superseded where the new ones arrived."""
+        if self._settled is None:
+            self._settled = set(jobs_with_superseded_elders(self.state))
+        for job_id in sorted(self._settled):
+            withdraw_superseded(self.state, self.spool, [job_id])
+            self._settled.discard(job_id)
 
     def _settle_export(self, job_id: int) -> None:
         rows = self.state.exports_of(job_id)

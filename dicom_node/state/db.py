@@ -37,6 +37,7 @@ from dicom_node.state.schema import (
     StudyState,
     utcnow,
 )
+from dicom_node.state.supersession import supersede_older
 
 __all__ = [
     "ExportView",
@@ -424,7 +425,9 @@ class StateDB:
         Nothing happens if an instance arrived since the study was read (its
         count changed): the study stays ARRIVING and is routed again later, so
         no job ever runs on a partial input set. A job whose (series, pipeline,
-        version, input set) already exists is not created again.
+        version, input set) already exists is not created again. A new job
+        supersedes older jobs of its series and pipeline over other input sets
+        (:func:`dicom_node.state.supersession.supersede_older`).
 
         Parameters
         ----------
@@ -476,6 +479,7 @@ class StateDB:
                 s.add(job)
                 s.flush()
                 s.add(JobEvent(job_id=job.id, state=JobState.QUEUED, detail=new.reason))
+                supersede_older(s, job)
                 created.append(job.id)
         return created
 

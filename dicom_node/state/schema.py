@@ -30,6 +30,7 @@ __all__ = [
     "Job",
     "JobEvent",
     "JobState",
+    "Rejection",
     "Series",
     "Study",
     "StudyState",
@@ -71,6 +72,8 @@ class ExportState(StrEnum):
     PENDING = "PENDING"
     SENT = "SENT"
     FAILED = "FAILED"
+    #: Never sent: a newer job over a changed input set replaced its job first.
+    SUPERSEDED = "SUPERSEDED"
 
 
 class Base(DeclarativeBase):
@@ -196,6 +199,22 @@ class Export(Base):
     sent_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
 
     __table_args__ = (UniqueConstraint("job_id", "destination", "sop_instance_uid"),)
+
+
+class Rejection(Base):
+    """A delivered result withdrawn by an IOCM rejection note (:mod:`dicom_node.withdrawal`).
+
+    Both ends are export rows: the withdrawn object's delivery (SENT) and the
+    delivery of the note that withdraws it, to the same destination.
+    """
+
+    __tablename__ = "rejections"
+
+    export_id: Mapped[int] = mapped_column(ForeignKey("exports.id"), primary_key=True)
+    note_export_id: Mapped[int] = mapped_column(ForeignKey("exports.id"), index=True)
+    # The job whose complete result replaced the withdrawn one.
+    superseded_by: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class WebSession(Base):

@@ -30,6 +30,7 @@ __all__ = [
     "OutputPublic",
     "OverviewPublic",
     "QueuePublic",
+    "RejectionNotePublic",
     "RevokePublic",
     "RevokeRequest",
     "SessionInfoPublic",
@@ -110,6 +111,12 @@ class JobPublic(_Public):
     attempts: int
     created_at: datetime.datetime
     updated_at: datetime.datetime
+    superseded_by: int | None = Field(
+        default=None,
+        description="The newest job of the same series and pipeline over another input set "
+        "(the study changed): this job's results are replaced, and withdrawn from the "
+        "archives that have the new ones.",
+    )
 
 
 class JobPagePublic(_Public):
@@ -163,6 +170,19 @@ class ExportPublic(_Public):
     sent_at: datetime.datetime | None
 
 
+class RejectionNotePublic(_Public):
+    """An IOCM rejection note that withdraws this job's results from one destination."""
+
+    destination: str
+    sop_instance_uid: str
+    superseded_by: int = Field(description="The job whose result replaced the withdrawn one.")
+    rejected: int = Field(description="How many objects the note withdraws there.")
+    state: ExportState
+    attempts: int
+    last_error: str
+    sent_at: datetime.datetime | None
+
+
 class OutputPublic(_Public):
     """One object the worker wrote."""
 
@@ -201,6 +221,7 @@ class JobDetailPublic(JobPublic):
     total_seconds: float
     outputs: list[OutputPublic]
     exports: list[ExportPublic]
+    rejection_notes: list[RejectionNotePublic]
     manifest: ManifestPublic | None
     previous_attempts: list[ManifestPublic]
     log: list[LogLinePublic]
