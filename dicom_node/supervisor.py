@@ -36,7 +36,7 @@ from dicom_node.routing import route_study
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
 from dicom_node.state import ExportState, JobState, JobView, NewJob, StateDB
-from dicom_node.state.schema import utcnow
+from dicom_node.state.schema import TERMINAL_JOB_STATES, utcnow
 from dicom_node.state.supersession import jobs_with_superseded_elders
 from dicom_node.withdrawal import withdraw_superseded
 from pipelines.manifest import JobManifest, JobRequest, ManifestStatus, read_manifest
@@ -344,6 +344,10 @@ class Supervisor:
             self._settled.discard(job_id)
 
     def _settle_export(self, job_id: int) -> None:
+        job = self.state.job(job_id)
+        if job is None or job.state in TERMINAL_JOB_STATES:
+            # A job that has ended (a superseded one sending its rejection note) stays as it is.
+            return
         rows = self.state.exports_of(job_id)
         failed = [row for row in rows if row.state is ExportState.FAILED]
         if failed:
