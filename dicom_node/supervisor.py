@@ -38,7 +38,7 @@ from dicom_node.spool import Spool
 from dicom_node.state import ExportState, JobState, JobView, NewJob, StateDB
 from dicom_node.state.schema import TERMINAL_JOB_STATES, utcnow
 from dicom_node.state.supersession import jobs_with_superseded_elders
-from dicom_node.withdrawal import withdraw_superseded
+from dicom_node.withdrawal import NoteNotWritten, withdraw_superseded
 from pipelines.manifest import JobManifest, JobRequest, ManifestStatus, read_manifest
 from pipelines.spec import PipelineSpec
 
@@ -82,9 +82,10 @@ class Supervisor:
         #: Jobs seen missing from the broker once; re-sent when seen missing twice.
         self._suspects: set[int] = set()
         self._threads: list[threading.Thread] = []
-        #: Jobs whose exports settled since the last withdraw step; None before
-        #: the first, which looks at every job (what a crash may have left).
-        self._settled: set[int] | None = None
+        #: Jobs whose exports settled, to look at in the withdraw step (from when,
+        #: monotonic); None before the first step, which looks at every job (what a
+        #: crash may have left).
+        self._settled: dict[int, float] | None = None
 
     # -- the loop -----------------------------------------------------------------
 
@@ -333,15 +334,27 @@ class Supervisor:
         for job_id in touched:
             self._settle_export(job_id)
         if self._settled is not None:
-            self._settled |= touched
+            self._settled.update(dict.fromkeys(touched, 0.0))
 
     def withdraw(self) -> None:
-        """Queue rejection notes for results superseded where the new ones arrived."""
+        """Queue rejection notes for results superseded where the new ones arrived.
+
+        A note that cannot be written (an old result gone from the spool) is
+        tried again every ``jobs.lost_check_seconds``, logged each time.
+        """
         if self._settled is None:
-            self._settled = set(jobs_with_superseded_elders(self.state))
-        for job_id in sorted(self._settled):
-            withdraw_superseded(self.state, self.spool, [job_id])
-            self._settled.discard(job_id)
+            self._settled = dict.fromkeys(jobs_with_superseded_elders(self.state), 0.0)
+        now = time.monotonic()
+        for job_id, not_before in sorted(self._settled.items()):
+            if now < not_before:
+                continue
+            try:
+                withdraw_superseded(self.state, self.spool, [job_id])
+            except NoteNotWritten as exc:
+                logger.warning("job %d: %s", job_id, exc.reason)
+                self._settled[job_id] = now + self.settings.jobs.lost_check_seconds
+                continue
+            del self._settled[job_id]
 
     def _settle_export(self, job_id: int) -> None:
         job = self.state.job(job_id)

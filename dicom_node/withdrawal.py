@@ -24,16 +24,23 @@ import logging
 from collections.abc import Iterable
 
 from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 
+from dicom_node.errors import NodeError
 from dicom_node.phi import study_tag
 from dicom_node.spool import Spool
 from dicom_node.state import StateDB
 from dicom_node.state.supersession import Withdrawal, record_note, withdrawals_for
 from pipelines.uids import derive_uid
 
-__all__ = ["note_uids", "withdraw_superseded", "write_note"]
+__all__ = ["NoteNotWritten", "note_uids", "withdraw_superseded", "write_note"]
 
 logger = logging.getLogger(__name__)
+
+
+class NoteNotWritten(NodeError):
+    """A rejection note could not be written (an old result unreadable or gone from the spool)."""
+
 
 #: Key Object Description of every note; no patient information.
 DESCRIPTION = "Superseded by a result computed over the complete series"
@@ -78,26 +85,37 @@ def write_note(spool: Spool, withdrawal: Withdrawal) -> tuple[str, str]:
 
     Raises
     ------
-    OSError
-        If an old result cannot be read or the note cannot be written.
+    NoteNotWritten
+        If an old result cannot be read (gone from the spool, not DICOM, lacking
+        the patient and study attributes a note copies) or the note cannot be
+        written. The reason names the cause, never a value.
     """
     # highdicom takes seconds to import: the node pays it only when a note is due.
     from pipelines.writers.kos import write_rejection_note
 
-    headers = [dcmread(spool.resolve(path), stop_before_pixels=True) for path in withdrawal.paths]
     series_uid, sop_uid = note_uids(withdrawal)
-    note = write_rejection_note(
-        headers,
-        series_instance_uid=series_uid,
-        sop_instance_uid=sop_uid,
-        instance_number=withdrawal.job_id,
-        description=DESCRIPTION,
-    )
-    buffer = io.BytesIO()
-    note.save_as(buffer, enforce_file_format=True)
     target = spool.job_dir(withdrawal.job_id) / "rejections" / f"{sop_uid}.dcm"
-    target.parent.mkdir(exist_ok=True)
-    spool.write_atomic(target, buffer.getvalue(), check_space=False)
+    try:
+        headers = [
+            dcmread(spool.resolve(path), stop_before_pixels=True) for path in withdrawal.paths
+        ]
+        note = write_rejection_note(
+            headers,
+            series_instance_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            instance_number=withdrawal.job_id,
+            description=DESCRIPTION,
+        )
+        buffer = io.BytesIO()
+        note.save_as(buffer, enforce_file_format=True)
+        target.parent.mkdir(exist_ok=True)
+        spool.write_atomic(target, buffer.getvalue(), check_space=False)
+    except (OSError, InvalidDicomError, AttributeError, ValueError) as exc:
+        # The exception's text may quote attribute values: only its kind is kept.
+        raise NoteNotWritten(
+            f"rejection note for job {withdrawal.job_id} to {withdrawal.destination} not "
+            f"written ({type(exc).__name__})"
+        ) from exc
     return spool.relative(target), sop_uid
 
 
@@ -117,6 +135,11 @@ def withdraw_superseded(state: StateDB, spool: Spool, job_ids: Iterable[int]) ->
     -------
     int
         How many notes were queued.
+
+    Raises
+    ------
+    NoteNotWritten
+        If a note could not be written; those of the jobs before were queued.
     """
     queued = 0
     for job_id in job_ids:

@@ -21,7 +21,9 @@ Every attempt is logged on ``dicom_node.web.login`` for the audit trail: the
 outcome, the address and the user's name, never a password. A name that is no
 user is logged as a keyed hash (``name#...``), because what people type into
 the name field is sometimes their password; the hash still lets an auditor see
-that the same unknown name was tried again and again.
+that the same unknown name was tried again and again. Refusals (429, 503) cost
+the sender nothing, so they are logged at most once a second, each line saying
+how many were left out before it: a flood cannot fill the disk with log lines.
 """
 
 from __future__ import annotations
@@ -138,6 +140,28 @@ class _Brake:
         self._failures.pop(key, None)
 
 
+class _RefusalLog:
+    """Log refused attempts at most once per ``every_s``, counting the lines left out."""
+
+    def __init__(self, clock: Callable[[], float], every_s: float = 1.0) -> None:
+        self.clock = clock
+        self.every_s = every_s
+        self._next = float("-inf")
+        self._left_out = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = self.clock()
+        if now < self._next:
+            self._left_out += 1
+            return
+        if self._left_out:
+            message += " (%d refusals not logged before this one)"
+            args = (*args, self._left_out)
+        audit.warning(message, *args)
+        self._next = now + self.every_s
+        self._left_out = 0
+
+
 class LoginGuard:
     """Login attempts: brakes first, then the password check, then the audit line.
 
@@ -168,6 +192,7 @@ class LoginGuard:
         self._by_source = _Brake(settings.free_failures_per_source, settings, clock)
         self._by_device = _Brake(settings.free_failures, settings, clock)
         self._lock = threading.Lock()
+        self._refusals = _RefusalLog(clock)
 
     def attempt(self, attempt: LoginAttempt) -> LoginOutcome | None:
         """Try a login.
@@ -199,17 +224,21 @@ class LoginGuard:
         with self._lock:
             wait = max(brake.wait(key) for brake, key in brakes)
         if wait > 0:
-            audit.warning(
-                "login refused, too many failures: %s source=%s wait=%.0fs",
-                who,
-                attempt.source,
-                wait,
-            )
+            with self._lock:
+                self._refusals.warning(
+                    "login refused, too many failures: %s source=%s wait=%.0fs",
+                    who,
+                    attempt.source,
+                    wait,
+                )
             raise TooManyAttempts(wait)
         try:
             user = self.auth.check(attempt.name, attempt.password)
         except LoginBusy:
-            audit.warning("login refused, password checks busy: %s source=%s", who, attempt.source)
+            with self._lock:
+                self._refusals.warning(
+                    "login refused, password checks busy: %s source=%s", who, attempt.source
+                )
             raise
         with self._lock:
             for brake, key in brakes:

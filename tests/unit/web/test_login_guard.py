@@ -188,3 +188,20 @@ def test_every_attempt_is_in_the_audit_log_without_secrets(
     text = "\n".join(lines)
     for secret in (mistyped, "wrong-password-xyz", "anything", PASSWORDS["viewer"]):
         assert secret not in text
+
+
+def test_a_flood_of_refusals_does_not_flood_the_log(
+    attacker: TestClient, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    for wait in (0, 0, 0, 1, 2):  # five failures: the next attempt must wait 4 s
+        clock.now += wait
+        assert _guess(attacker).status_code == 401
+    with caplog.at_level(logging.INFO, logger="dicom_node.web.login"):
+        statuses = {_guess(attacker).status_code for _ in range(40)}
+        clock.now += 1.1  # still inside the wait, past a second after the first line
+        last = _guess(attacker)
+    assert statuses == {429}
+    assert last.status_code == 429
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 2, refusals
+    assert refusals[1].endswith("(39 refusals not logged before this one)")

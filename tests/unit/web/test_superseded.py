@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 import pydicom
+import pytest
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
+from dicom_node.settings import Settings
 from dicom_node.spool import Spool
 from dicom_node.state import InstanceRecord, JobState, NewJob, StateDB
+from dicom_node.state.supersession import notes_of
+from dicom_node.supervisor import Supervisor
 from dicom_node.withdrawal import withdraw_superseded
 from tests.unit.web.conftest import SeededJob
 
@@ -41,7 +47,7 @@ def _late_slice(state: StateDB, spool: Spool, job: SeededJob) -> None:
     )
 
 
-def _supersede(state: StateDB, spool: Spool, job: SeededJob) -> int:
+def _supersede(state: StateDB, spool: Spool, job: SeededJob, *, withdraw: bool = True) -> int:
     """The grown study's new job, delivered; the old job's rejection note queued."""
     _late_slice(state, spool, job)
     count, series = state.series_inputs(job.study.study_uid)
@@ -52,7 +58,8 @@ def _supersede(state: StateDB, spool: Spool, job: SeededJob) -> int:
     for row in state.exports_of(newer):
         state.mark_export_sent(row.id)
     state.set_job_state(newer, JobState.DONE)
-    assert withdraw_superseded(state, spool, [newer]) == 1
+    if withdraw:
+        assert withdraw_superseded(state, spool, [newer]) == 1
     return newer
 
 
@@ -102,3 +109,24 @@ def test_the_note_on_the_spool_rejects_the_old_seg(
     assert referenced == [old_seg.sop_instance_uid]
     assert note.SOPInstanceUID == row.sop_instance_uid
     assert note.InstanceNumber == done_job.job_id
+
+
+def test_a_note_that_cannot_be_written_is_tried_again_later_not_in_a_loop(
+    done_job: SeededJob,
+    state: StateDB,
+    spool: Spool,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spool.resolve(f"jobs/{done_job.job_id}/seg.dcm").unlink()  # the old result is gone
+    _supersede(state, spool, done_job, withdraw=False)
+    supervisor = Supervisor(settings, spool, state, {}, producer=None)
+    with caplog.at_level(logging.WARNING, logger="dicom_node.supervisor"):
+        supervisor.withdraw()  # the first pass looks at every job
+        supervisor.withdraw()  # too soon to try again
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == (
+        f"job {done_job.job_id + 1}: rejection note for job {done_job.job_id} to archive "
+        "not written (FileNotFoundError)"
+    )
+    assert notes_of(state, done_job.job_id) == []
