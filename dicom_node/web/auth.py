@@ -140,7 +140,7 @@ class Authenticator:
         try:
             user = self.users.get(name)
             if user is None:
-                time.sleep(self._decoy_seconds())
+                self._decoy()
                 return None
             return user if self._verify(user.password_hash, password) else None
         finally:
@@ -157,19 +157,20 @@ class Authenticator:
             self._durations.append(time.perf_counter() - started)
         return ok
 
-    def _decoy_seconds(self) -> float:
-        """How long a real check takes: one of the recent ones, measured once if none yet."""
+    def _decoy(self) -> None:
+        """Take as long as a real check: one of the recent ones, or one real check if none yet."""
         with self._lock:
-            if self._durations:
-                return secrets.choice(self._durations)
-        # Called with a slot held, so this one measurement is bounded like the rest.
+            seconds = secrets.choice(self._durations) if self._durations else None
+        if seconds is not None:
+            time.sleep(seconds)
+            return
+        # The first time, a real check (against a real hash, so with its cost
+        # parameters) both takes the time and measures it for the next ones.
         reference = next(iter(self.users.values()), None)
         self._verify(
             reference.password_hash if reference else _hasher.hash(secrets.token_urlsafe(16)),
             secrets.token_urlsafe(16),
         )
-        with self._lock:
-            return self._durations[-1]
 
 
 def csrf_token(conn: HTTPConnection) -> str:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import httpx
 import pytest
 import yaml
 
+from dicom_node.settings import LoginSettings, WebRole, WebUser
+from dicom_node.web.auth import Authenticator
 from tests.unit.web.conftest import PASSWORDS, REPO
 
 #: Peak memory growth while 16 checks run at once, measured in a fresh interpreter.
@@ -191,3 +194,18 @@ def test_forty_parallel_logins_leave_the_dashboard_memory_bounded(
     assert all(a.headers.get("Retry-After") for a in answers if a.status_code in (429, 503))
     with httpx.Client(base_url=url, timeout=30) as after:
         assert after.get("/health").status_code == 200
+
+
+def test_a_name_that_is_no_user_takes_as_long_as_a_real_check(
+    password_hashes: dict[str, str],
+) -> None:
+    user = WebUser(name="admin", password_hash=password_hashes["admin"], role=WebRole.ADMIN)
+    auth = Authenticator([user], LoginSettings())
+    for _ in range(3):
+        assert auth.check("admin", "wrong") is None
+    real = list(auth._durations)  # what the real checks took, as the authenticator measured
+    started = time.perf_counter()
+    assert auth.check("no-such-user", "wrong") is None
+    # It waits one of the real durations (never less than the shortest).
+    assert time.perf_counter() - started >= min(real)
+    assert list(auth._durations) == real, "no argon2 ran for the unknown name"
