@@ -7,6 +7,11 @@ it. Objects a destination accepted are never sent again: only PENDING rows are
 sent. Result UIDs are deterministic, so a resend after a crash between
 "archive accepted" and "row committed" gives the archive the same object again,
 which it keeps once.
+
+pynetdicom's own warnings and errors about the node's outgoing associations
+(connection refused, the TLS handshake, an abort) are folded into the
+attempt's error instead of being logged, so each failed attempt is logged
+once, by the supervisor, with its cause.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import datetime
 import json
 import logging
 import ssl
+import threading
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -59,6 +66,39 @@ class Backoff(Protocol):
     def backoff_max_s(self) -> float: ...  # noqa: D102
 
 
+class _PynetdicomCapture(logging.Filter):
+    """Holds back pynetdicom's warnings and errors about the node's own SCU associations.
+
+    pynetdicom connects in the association's DUL thread, so the records are told
+    apart by the application entity of the thread that logs them: the AE of an
+    export in progress collects them, any other (the receiver's) logs as before.
+    A logger's filters apply only to records logged on that very logger, so the
+    filter sits on every ``pynetdicom.*`` logger.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sinks: dict[int, list[str]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not self.sinks:
+            return True
+        thread = next((t for t in threading.enumerate() if t.ident == record.thread), None)
+        # The DUL thread knows its association, the association its AE.
+        assoc = getattr(thread, "assoc", thread)
+        sink = self.sinks.get(id(getattr(assoc, "ae", None)))
+        if sink is None:
+            return True
+        sink.append(record.getMessage())
+        return False
+
+
+_capture = _PynetdicomCapture()
+for _name in logging.Logger.manager.loggerDict:
+    if _name == "pynetdicom" or _name.startswith("pynetdicom."):
+        logging.getLogger(_name).addFilter(_capture)
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
     """Outcome of sending one file."""
@@ -66,6 +106,17 @@ class DeliveryResult:
     path: Path
     ok: bool
     error: str
+
+
+@contextmanager
+def _pynetdicom_errors(ae: AE) -> Iterator[list[str]]:
+    """Collect what pynetdicom warns about ``ae``'s associations instead of logging it."""
+    sink: list[str] = []
+    _capture.sinks[id(ae)] = sink
+    try:
+        yield sink
+    finally:
+        del _capture.sinks[id(ae)]
 
 
 def backoff_delay(settings: Backoff, attempts: int) -> float:
@@ -118,12 +169,21 @@ def _associate(ae: AE, dest: DestinationSettings) -> Association:
     )
 
 
-def _not_established(dest: DestinationSettings) -> str:
-    """Why an association failed, in words an administrator can act on."""
+def _not_established(dest: DestinationSettings, causes: Sequence[str]) -> str:
+    """Why an association failed, in words an administrator can act on.
+
+    Parameters
+    ----------
+    dest : DestinationSettings
+        The destination.
+    causes : Sequence[str]
+        pynetdicom's messages about the attempt (connection refused, the TLS error).
+    """
     reason = f"association with {dest.name} ({dest.host}:{dest.port}) not established"
     if dest.tls.enabled:
-        # pynetdicom logs the TLS error itself (certificate, name, handshake) at ERROR.
-        reason += " over DICOM TLS (see the log for the TLS error)"
+        reason += " over DICOM TLS"
+    if causes:
+        reason += ": " + "; ".join(dict.fromkeys(causes))
     return reason
 
 
@@ -142,11 +202,12 @@ def echo(calling_ae: str, dest: DestinationSettings) -> tuple[bool, str]:
     ae = _scu(calling_ae, dest.timeout_s)
     ae.add_requested_context(Verification)
     try:
-        assoc = _associate(ae, dest)
+        with _pynetdicom_errors(ae) as causes:
+            assoc = _associate(ae, dest)
     except ssl.SSLError as exc:
         return False, _unusable_tls(dest, exc)
     if not assoc.is_established:
-        return False, _not_established(dest)
+        return False, _not_established(dest, causes)
     try:
         status = assoc.send_c_echo()
     finally:
@@ -208,13 +269,30 @@ def store_files(
     for sop_class, ts in sorted(set(headers)):
         ae.add_requested_context(sop_class, [ts])
 
+    with _pynetdicom_errors(ae) as causes:
+        results = _store(ae, dest, paths, causes)
+    if causes and not all(result.ok for result in results):
+        # What pynetdicom said about a lost association or a missing response.
+        detail = "; ".join(dict.fromkeys(causes))
+        results = [
+            r
+            if r.ok or detail in r.error
+            else DeliveryResult(r.path, False, f"{r.error}: {detail}")
+            for r in results
+        ]
+    return results
+
+
+def _store(
+    ae: AE, dest: DestinationSettings, paths: Sequence[Path], causes: list[str]
+) -> list[DeliveryResult]:
     try:
         assoc = _associate(ae, dest)
     except ssl.SSLError as exc:
         reason = _unusable_tls(dest, exc)
         return [DeliveryResult(path, False, reason) for path in paths]
     if not assoc.is_established:
-        reason = _not_established(dest)
+        reason = _not_established(dest, causes)
         return [DeliveryResult(path, False, reason) for path in paths]
     results: list[DeliveryResult] = []
     try:

@@ -9,6 +9,8 @@ Where the job failed decides what runs again:
 
 A retry that needs files retention already removed (the job's input images,
 or the results to send again) is refused with that reason.
+A job superseded by a newer one (its series' input set changed) never runs or
+exports again; only its failed rejection notes can be sent again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 from dicom_node.errors import NodeError
 from dicom_node.spool import Spool
 from dicom_node.state import ExportState, JobState, StateDB
+from dicom_node.state.supersession import retry_failed_notes, superseded_by
 
 __all__ = ["RetryRefused", "retry_job"]
 
@@ -51,11 +54,19 @@ def retry_job(state: StateDB, spool: Spool, job_id: int, *, who: str = "cli") ->
     Raises
     ------
     RetryRefused
-        If the job does not exist or is not FAILED or SKIPPED.
+        If the job does not exist, is not FAILED or SKIPPED, or is superseded
+        (and has no failed rejection note to send again).
     """
     job = state.job(job_id)
     if job is None:
         raise RetryRefused(f"job {job_id} does not exist")
+    newer = superseded_by(state, [job_id]).get(job_id)
+    if newer is not None:
+        count = retry_failed_notes(state, job_id)
+        if count:
+            logger.info("job %d: %d rejection notes retried by %s", job_id, count, who)
+            return f"job {job_id}: {count} failed rejection notes will be sent again"
+        raise RetryRefused(f"job {job_id} is superseded by job {newer}; retry that one")
     if job.state not in (JobState.FAILED, JobState.SKIPPED):
         raise RetryRefused(f"job {job_id} is {job.state.value}; only FAILED or SKIPPED jobs retry")
     exports = state.exports_of(job_id)

@@ -46,6 +46,7 @@ __all__ = [
     "RetentionRule",
     "RetentionSettings",
     "RetentionSource",
+    "LoginSettings",
     "ScpSettings",
     "Settings",
     "SourceSettings",
@@ -241,6 +242,12 @@ class WorkerSettings(_Section):
     device: str = Field(
         default="cpu",
         description="Torch device of this worker process; set per GPU process by the parent.",
+    )
+    process_start_timeout_s: float = Field(
+        default=60,
+        gt=0,
+        description="How long a new pool process may take to report ready before Celery "
+        "kills it (Celery's own default, 4 s, is too short on a loaded machine).",
     )
 
 
@@ -595,6 +602,46 @@ class WebTlsSettings(_Section):
         return self
 
 
+class LoginSettings(_Section):
+    """Brakes on password guessing and on the memory password checks take."""
+
+    max_concurrent_checks: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Password checks (argon2, 64 MiB each) running at once; a login that "
+        "finds none free within check_wait_s is answered 503.",
+    )
+    check_wait_s: float = Field(
+        default=0.5, ge=0, le=10, description="How long a login waits for a free check."
+    )
+    free_failures: int = Field(
+        default=3,
+        ge=1,
+        description="Failed logins for one name (or one remembered browser) before each "
+        "further attempt must wait.",
+    )
+    free_failures_per_source: int = Field(
+        default=10,
+        ge=1,
+        description="Failed logins from one address (many users may share one) before "
+        "each further attempt must wait.",
+    )
+    first_delay_s: float = Field(
+        default=1, gt=0, description="The first wait; it doubles with every further failure."
+    )
+    max_delay_s: float = Field(default=300, gt=0, description="The longest wait.")
+    forget_after_s: float = Field(
+        default=24 * 3600, gt=0, description="Failures older than this no longer count."
+    )
+    device_cookie_days: int = Field(
+        default=30,
+        ge=1,
+        description="A browser that logged in as a user is remembered this long: its "
+        "logins as that user skip the name's and the address's waits.",
+    )
+
+
 class WebSettings(_Section):
     """The admin dashboard, its REST API and Prometheus metrics (served by ``serve``)."""
 
@@ -606,6 +653,12 @@ class WebSettings(_Section):
         description="Key that signs session cookies; a placeholder is refused outside demo.",
     )
     session_max_age_s: int = Field(default=8 * 3600, gt=0, description="Session lifetime.")
+    session_idle_timeout_s: int = Field(
+        default=3600, gt=0, description="A session unused for this long ends."
+    )
+    login: LoginSettings = Field(
+        default_factory=LoginSettings, description="Login throttling and password checks."
+    )
     users: list[WebUser] = Field(default_factory=list, description="Who may log in.")
     show_patient_names: bool = Field(
         default=False, description="Show patient names and accession numbers to viewers too."

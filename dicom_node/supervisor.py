@@ -12,6 +12,9 @@ Each pass does, in order (export in a thread of its own):
    a research destination (``deidentify``) gets de-identified copies of the
    job's source series and results (:mod:`dicom_node.deidentify`), and every
    attempt is put in the audit trail (:mod:`dicom_node.audit`).
+6. **withdraw**: where a job's new result has reached a destination, the
+   results it supersedes there are withdrawn with IOCM rejection notes
+   (:mod:`dicom_node.withdrawal`), sent by the next export pass.
 
 Other loops (notifications, retention) run in threads of their own, added by
 :meth:`Supervisor.add_loop`. Every step reads its work from the state DB, so a
@@ -40,7 +43,9 @@ from dicom_node.routing_reasons import Audience, is_news, verdict_text
 from dicom_node.settings import DestinationSettings, Settings
 from dicom_node.spool import Spool
 from dicom_node.state import ExportState, ExportView, JobState, JobView, NewJob, StateDB
-from dicom_node.state.schema import utcnow
+from dicom_node.state.schema import TERMINAL_JOB_STATES, utcnow
+from dicom_node.state.supersession import jobs_with_superseded_elders
+from dicom_node.withdrawal import NoteNotWritten, withdraw_superseded
 from pipelines.manifest import JobManifest, JobRequest, ManifestStatus, read_manifest
 from pipelines.spec import PipelineSpec
 
@@ -90,6 +95,10 @@ class Supervisor:
         #: Jobs seen missing from the broker once; re-sent when seen missing twice.
         self._suspects: set[int] = set()
         self._threads: list[threading.Thread] = []
+        #: Jobs whose exports settled, to look at in the withdraw step (from when,
+        #: monotonic); None before the first step, which looks at every job (what a
+        #: crash may have left).
+        self._settled: dict[int, float] | None = None
 
     # -- the loop -----------------------------------------------------------------
 
@@ -97,7 +106,7 @@ class Supervisor:
         return (self.complete_studies, self.dispatch, self.collect, self.recover_lost)
 
     def _export_steps(self) -> tuple[Callable[[], object], ...]:
-        return (self.export,)
+        return (self.export, self.withdraw)
 
     @staticmethod
     def _pass(steps: tuple[Callable[[], object], ...]) -> None:
@@ -361,6 +370,28 @@ class Supervisor:
             self._send_group(job_id, dest, rows)
         for job_id in touched:
             self._settle_export(job_id)
+        if self._settled is not None:
+            self._settled.update(dict.fromkeys(touched, 0.0))
+
+    def withdraw(self) -> None:
+        """Queue rejection notes for results superseded where the new ones arrived.
+
+        A note that cannot be written (an old result gone from the spool) is
+        tried again every ``jobs.lost_check_seconds``, logged each time.
+        """
+        if self._settled is None:
+            self._settled = dict.fromkeys(jobs_with_superseded_elders(self.state), 0.0)
+        now = time.monotonic()
+        for job_id, not_before in sorted(self._settled.items()):
+            if now < not_before:
+                continue
+            try:
+                withdraw_superseded(self.state, self.spool, [job_id])
+            except NoteNotWritten as exc:
+                logger.warning("job %d: %s", job_id, exc.reason)
+                self._settled[job_id] = now + self.settings.jobs.lost_check_seconds
+                continue
+            del self._settled[job_id]
 
     def _send_group(self, job_id: int, dest: DestinationSettings, rows: list[ExportView]) -> None:
         paths = [self.spool.resolve(row.path) for row in rows]
@@ -438,6 +469,10 @@ class Supervisor:
         )
 
     def _settle_export(self, job_id: int) -> None:
+        job = self.state.job(job_id)
+        if job is None or job.state in TERMINAL_JOB_STATES:
+            # A job that has ended (a superseded one sending its rejection note) stays as it is.
+            return
         rows = self.state.exports_of(job_id)
         failed = [row for row in rows if row.state is ExportState.FAILED]
         if failed:

@@ -1,4 +1,13 @@
-"""The worker's Celery application."""
+"""The worker's Celery application.
+
+torch and MONAI are imported once, in the worker's main process, before the
+pool forks (``worker_init``): a pool process, first or replacement, then starts
+without importing anything heavy, and reports ready to Celery in well under a
+second even on a loaded machine. Importing torch does not initialise CUDA (it
+is initialised lazily, on first use), so forked processes can still use the
+GPU; the main process never touches it. ``worker.process_start_timeout_s``
+leaves a replacement time to start when the machine is very busy.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,7 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 from dicom_node.broker import celery_config
 from dicom_node.settings import Settings
@@ -15,7 +24,27 @@ from worker.tasks import register_tasks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["make_celery"]
+__all__ = ["make_celery", "preload_compute"]
+
+
+def preload_compute(device: str) -> None:
+    """Import torch and the pipelines in the worker's main process, before the pool forks.
+
+    Parameters
+    ----------
+    device : str
+        ``worker.device``: on "cpu" CUDA is hidden from the whole process tree,
+        so a CPU worker on a GPU machine (``worker.gpus: none``) never takes GPU 0
+        (the model loaders pick "cuda:0" whenever CUDA is visible).
+
+    Note
+    ----
+    Nothing here initialises CUDA: torch does that lazily, on first use, which
+    only ever happens in a pool process.
+    """
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import pipelines.run  # noqa: F401  (torch and MONAI: paid once, shared by every fork)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -40,19 +69,19 @@ def make_celery(settings: Settings) -> Celery:
         worker_max_tasks_per_child=settings.worker.max_tasks_per_child,
         # Celery counts KiB; a process above it is replaced after its current job.
         worker_max_memory_per_child=memory * 1024 if memory else None,
+        worker_proc_alive_timeout=settings.worker.process_start_timeout_s,
         dicom_node_settings=settings,
     )
     register_tasks(app)
     concurrency = settings.worker.concurrency
     device = settings.worker.device
 
+    def _preload(**_: object) -> None:
+        preload_compute(device)
+
     def _init_pool_process(**_: object) -> None:
-        """Set up torch in each pool process (CUDA initialises here, after the fork)."""
-        if device == "cpu":
-            # A CPU worker on a GPU machine (worker.gpus: none) must not take GPU 0:
-            # the model loaders pick "cuda:0" whenever CUDA is visible.
-            os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        import torch  # the parent never initialises CUDA: forked children could not use it
+        """Fit torch to this pool process (CUDA initialises here, after the fork)."""
+        import torch  # already imported by the main process: no cost here
 
         if torch.cuda.is_available():
             name = torch.cuda.get_device_name(0)
@@ -62,5 +91,6 @@ def make_celery(settings: Settings) -> Celery:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // concurrency))
         logger.info("pool process on CPU (%d threads)", torch.get_num_threads())
 
+    worker_init.connect(_preload, weak=False)
     worker_process_init.connect(_init_pool_process, weak=False)
     return app

@@ -1,10 +1,18 @@
-"""``dicom-node web hash-password``: make the argon2 hash a ``web.users`` entry needs."""
+"""``dicom-node web``: the argon2 hash a ``web.users`` entry needs, and logging users out.
+
+``hash-password`` prints a hash; ``logout`` ends dashboard sessions on the
+server (the state DB), for an admin who cannot or would rather not log in:
+after a password leak, or when a user leaves.
+"""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
+
+from dicom_node.cli.options import build_settings, common_options, configure_logging
 
 
 @click.group(name="web")
@@ -27,4 +35,33 @@ def hash_password_cmd(from_stdin: bool) -> int:
     if not password:
         raise click.UsageError("the password is empty")
     click.echo(hash_password(password))
+    return 0
+
+
+@web_group.command(name="logout")
+@common_options
+@click.option("--user", "user_name", default=None, help="The user to log out everywhere.")
+@click.option("--all", "everyone", is_flag=True, help="Log every user out everywhere.")
+def logout_cmd(
+    config: Path | None, verbose: int, quiet: bool, user_name: str | None, everyone: bool
+) -> int:
+    """End dashboard sessions: one user's (--user NAME) or everyone's (--all)."""
+    from dicom_node.state import StateDB
+    from dicom_node.web.sessions import SessionStore
+
+    if bool(user_name) == everyone:
+        raise click.UsageError("give either --user NAME or --all")
+    configure_logging(verbose, quiet, default="WARNING")
+    settings = build_settings(config)
+    state = StateDB(settings.state_db_url)
+    try:
+        store = SessionStore(
+            state,
+            max_age_s=settings.web.session_max_age_s,
+            idle_s=settings.web.session_idle_timeout_s,
+        )
+        count = store.end_all(None if everyone else user_name)
+    finally:
+        state.close()
+    click.echo(f"{count} sessions ended")
     return 0

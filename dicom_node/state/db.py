@@ -50,6 +50,7 @@ from dicom_node.state.schema import (
     StudyState,
     utcnow,
 )
+from dicom_node.state.supersession import supersede_older
 
 __all__ = [
     "ExportView",
@@ -461,7 +462,9 @@ class StateDB:
         no job ever runs on a partial input set. A job whose (series, pipeline,
         version, input set) already exists is not created again. The routing
         verdicts replace those of the study's previous routing; a selected
-        verdict is linked to its job, new or existing.
+        verdict is linked to its job, new or existing. A new job
+        supersedes older jobs of its series and pipeline over other input sets
+        (:func:`dicom_node.state.supersession.supersede_older`).
 
         Parameters
         ----------
@@ -519,6 +522,7 @@ class StateDB:
                 s.add(job)
                 s.flush()
                 s.add(JobEvent(job_id=job.id, state=JobState.QUEUED, detail=new.reason))
+                supersede_older(s, job)
                 created.append(job.id)
                 job_of[key] = (job.id, True)
             s.execute(delete(RoutingVerdict).where(RoutingVerdict.study_uid == study_uid))

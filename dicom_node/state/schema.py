@@ -35,9 +35,11 @@ __all__ = [
     "RoutingVerdict",
     "Notification",
     "NotificationState",
+    "Rejection",
     "Series",
     "Study",
     "StudyState",
+    "WebSession",
     "utcnow",
 ]
 
@@ -75,6 +77,8 @@ class ExportState(StrEnum):
     PENDING = "PENDING"
     SENT = "SENT"
     FAILED = "FAILED"
+    #: Never sent: a newer job over a changed input set replaced its job first.
+    SUPERSEDED = "SUPERSEDED"
 
 
 class NotificationState(StrEnum):
@@ -279,3 +283,38 @@ class DeidUid(Base):
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
 
     __table_args__ = (UniqueConstraint("destination", "original_digest"),)
+
+
+class Rejection(Base):
+    """A delivered result withdrawn by an IOCM rejection note (:mod:`dicom_node.withdrawal`).
+
+    Both ends are export rows: the withdrawn object's delivery (SENT) and the
+    delivery of the note that withdraws it, to the same destination.
+    """
+
+    __tablename__ = "rejections"
+
+    export_id: Mapped[int] = mapped_column(ForeignKey("exports.id"), primary_key=True)
+    note_export_id: Mapped[int] = mapped_column(ForeignKey("exports.id"), index=True)
+    # The job whose complete result replaced the withdrawn one.
+    superseded_by: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class WebSession(Base):
+    """A dashboard login, kept on the server so that it can be ended there.
+
+    The cookie carries a random token; only its SHA-256 is stored, so reading
+    this table does not give anyone a working cookie.
+    """
+
+    __tablename__ = "web_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(64), index=True)
+    # SHA-256 of the user's password hash at login: a new password ends the session.
+    credential: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime.datetime] = mapped_column(DateTime)

@@ -21,6 +21,7 @@ from dicom_node.errors import NodeError
 from dicom_node.retry import RetryRefused, retry_job
 from dicom_node.settings import WebUser
 from dicom_node.state.queries import CANCELLABLE_STATES
+from dicom_node.state.supersession import superseded_by
 from dicom_node.web.context import WebContext
 
 __all__ = ["ActionRefused", "cancel", "retry"]
@@ -80,13 +81,18 @@ def cancel(ctx: WebContext, user: WebUser, job_id: int) -> str:
     Raises
     ------
     ActionRefused
-        If the job does not exist or has already ended (DONE or SKIPPED).
+        If the job does not exist, has already ended (DONE or SKIPPED), or is
+        superseded by a newer job.
     """
     detail = ctx.queries.job_detail(job_id)
     if detail is None:
         raise ActionRefused(f"job {job_id} does not exist")
     if detail.job.state not in CANCELLABLE_STATES:
         raise ActionRefused(f"job {job_id} is {detail.job.state.value}; it cannot be cancelled")
+    newer = superseded_by(ctx.state, [job_id]).get(job_id)
+    if newer is not None:
+        # Its work stopped when job ``newer`` was created; what is left are rejection notes.
+        raise ActionRefused(f"job {job_id} is superseded by job {newer}; nothing to cancel")
     if not ctx.queries.cancel_job(job_id, user.name):
         raise ActionRefused(f"job {job_id} changed state meanwhile; reload and try again")
     logger.info("job %d cancelled by %s", job_id, user.name)

@@ -168,6 +168,9 @@ def create_app(
         audit=open_audit(settings),
         owns_state=owns_state,
     )
+    # A user removed from the configuration, or given a new password, finds every
+    # old session gone, even if added back later.
+    ctx.sessions.prune(ctx.auth.users)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

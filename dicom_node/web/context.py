@@ -17,7 +17,9 @@ from dicom_node.state import StateDB
 from dicom_node.state.queries import StateQueries
 from dicom_node.web.auth import Authenticator
 from dicom_node.web.identity import PatientNames
+from dicom_node.web.login_guard import LoginGuard
 from dicom_node.web.probe import BrokerProbe
+from dicom_node.web.sessions import SessionStore
 
 __all__ = ["OverlayCache", "WebContext"]
 
@@ -88,11 +90,18 @@ class WebContext:
     audit: AuditLog
     owns_state: bool = False
     auth: Authenticator = field(init=False)
+    sessions: SessionStore = field(init=False)
+    logins: LoginGuard = field(init=False)
     names: PatientNames = field(default_factory=PatientNames)
     overlays: OverlayCache = field(default_factory=OverlayCache)
 
     def __post_init__(self) -> None:
-        self.auth = Authenticator(self.settings.web.users)
+        web = self.settings.web
+        self.auth = Authenticator(web.users, web.login)
+        self.sessions = SessionStore(
+            self.state, max_age_s=web.session_max_age_s, idle_s=web.session_idle_timeout_s
+        )
+        self.logins = LoginGuard(self.auth, web.login, web.session_secret.get_secret_value())
 
     @property
     def spool_root(self) -> Path:

@@ -1,7 +1,7 @@
 """Request dependencies as ``Annotated`` aliases: the context, the user, the admin.
 
-Authorisation is a chain: :func:`get_current_user` (a session naming a
-configured user, else :class:`NotAuthenticated`) → :func:`get_admin_user` (an
+Authorisation is a chain: :func:`get_current_user` (a live server-side
+session of a configured user, else :class:`NotAuthenticated`) → :func:`get_admin_user` (an
 admin, else :class:`Forbidden`). The application turns the first into a
 redirect to the login page (pages) or 401 (API), the second into 403.
 """
@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from dicom_node.settings import WebRole, WebUser
-from dicom_node.web.auth import Forbidden, NotAuthenticated, session_user_name
+from dicom_node.web.auth import Forbidden, NotAuthenticated, session_token
 from dicom_node.web.context import WebContext
 
 __all__ = [
@@ -41,9 +41,9 @@ def get_current_user(request: Request, ctx: CtxDep) -> WebUser:
     Raises
     ------
     NotAuthenticated
-        If the session names no configured user.
+        If the cookie names no live server-side session of a configured user.
     """
-    user = ctx.auth.user(session_user_name(request))
+    user = ctx.sessions.user(session_token(request), ctx.auth.users)
     if user is None:
         raise NotAuthenticated()
     return user

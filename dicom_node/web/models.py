@@ -32,9 +32,13 @@ __all__ = [
     "OutputPublic",
     "OverviewPublic",
     "QueuePublic",
+    "RejectionNotePublic",
+    "RevokePublic",
+    "RevokeRequest",
     "RoutingConditionPublic",
     "RoutingRulePublic",
     "RoutingVerdictPublic",
+    "SessionInfoPublic",
     "SessionPublic",
     "StagePublic",
     "StudyDetailPublic",
@@ -130,6 +134,12 @@ class JobPublic(_Public):
     attempts: int
     created_at: datetime.datetime
     updated_at: datetime.datetime
+    superseded_by: int | None = Field(
+        default=None,
+        description="The newest job of the same series and pipeline over another input set "
+        "(the study changed): this job's results are replaced, and withdrawn from the "
+        "archives that have the new ones.",
+    )
 
 
 class JobPagePublic(_Public):
@@ -231,6 +241,19 @@ class ExportPublic(_Public):
     sent_at: datetime.datetime | None
 
 
+class RejectionNotePublic(_Public):
+    """An IOCM rejection note that withdraws this job's results from one destination."""
+
+    destination: str
+    sop_instance_uid: str
+    superseded_by: int = Field(description="The job whose result replaced the withdrawn one.")
+    rejected: int = Field(description="How many objects the note withdraws there.")
+    state: ExportState
+    attempts: int
+    last_error: str
+    sent_at: datetime.datetime | None
+
+
 class OutputPublic(_Public):
     """One object the worker wrote."""
 
@@ -269,6 +292,7 @@ class JobDetailPublic(JobPublic):
     total_seconds: float
     outputs: list[OutputPublic]
     exports: list[ExportPublic]
+    rejection_notes: list[RejectionNotePublic]
     manifest: ManifestPublic | None
     previous_attempts: list[ManifestPublic]
     log: list[LogLinePublic]
@@ -378,3 +402,29 @@ class DeidLookupPublic(_Public):
     pseudonym: str
     original: str
     study_tag: str
+
+
+class SessionInfoPublic(_Public):
+    """An open dashboard session, as an admin sees it (no token)."""
+
+    user: str
+    address: str
+    created_at: datetime.datetime
+    last_seen_at: datetime.datetime
+    expires_at: datetime.datetime
+
+
+class RevokeRequest(BaseModel):
+    """Whom ``POST /api/session/revoke`` logs out everywhere."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: str | None = Field(
+        default=None, max_length=64, description="A user name; none logs everyone out."
+    )
+
+
+class RevokePublic(_Public):
+    """How many sessions ended."""
+
+    revoked: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ def render(
     user: WebUser | None,
     template: str,
     status_code: int = 200,
+    headers: Mapping[str, str] | None = None,
     **context: Any,
 ) -> HTMLResponse:
     """Render a page with the user, the CSRF token and any pending message."""
@@ -58,4 +60,5 @@ def render(
             **context,
         },
         status_code=status_code,
+        headers=headers,
     )

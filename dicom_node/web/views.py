@@ -35,7 +35,8 @@ from dicom_node.state.queries import (
     StudyRow,
     UnroutedStudy,
 )
-from dicom_node.state.schema import TERMINAL_JOB_STATES, JobState, utcnow
+from dicom_node.state.schema import TERMINAL_JOB_STATES, ExportState, JobState, utcnow
+from dicom_node.state.supersession import notes_of, superseded_by
 from dicom_node.web.context import WebContext
 from dicom_node.web.identity import mask
 from dicom_node.web.models import (
@@ -52,6 +53,7 @@ from dicom_node.web.models import (
     OutputPublic,
     OverviewPublic,
     QueuePublic,
+    RejectionNotePublic,
     RoutingConditionPublic,
     RoutingRulePublic,
     RoutingVerdictPublic,
@@ -74,6 +76,7 @@ __all__ = [
     "failures",
     "job_detail",
     "job_public",
+    "jobs_public",
     "overlay_png",
     "overview",
     "sees_identities",
@@ -197,8 +200,8 @@ def overview(ctx: WebContext) -> OverviewPublic:
 # -- studies and jobs -----------------------------------------------------------------
 
 
-def job_public(row: JobView) -> JobPublic:
-    """A job row as the API shows it."""
+def job_public(row: JobView, superseded: int | None = None) -> JobPublic:
+    """A job row as the API shows it; ``superseded`` is the job that replaced it."""
     return JobPublic(
         id=row.id,
         study_uid=row.study_uid,
@@ -213,10 +216,17 @@ def job_public(row: JobView) -> JobPublic:
         attempts=row.attempts,
         created_at=_utc(row.created_at),
         updated_at=_utc(row.updated_at),
+        superseded_by=superseded,
     )
 
 
-def _study_public(row: StudyRow, unmasked: bool) -> StudyPublic:
+def jobs_public(ctx: WebContext, rows: list[JobView]) -> list[JobPublic]:
+    """Job rows as the API shows them, each with the job that superseded it, if any."""
+    newer = superseded_by(ctx.state, [row.id for row in rows])
+    return [job_public(row, newer.get(row.id)) for row in rows]
+
+
+def _study_public(ctx: WebContext, row: StudyRow, unmasked: bool) -> StudyPublic:
     return StudyPublic(
         study_uid=row.study_uid,
         study_tag=study_tag(row.study_uid),
@@ -230,7 +240,7 @@ def _study_public(row: StudyRow, unmasked: bool) -> StudyPublic:
         instance_count=row.instance_count,
         first_received=_utc(row.first_received),
         last_received=_utc(row.last_received),
-        jobs=[job_public(job) for job in row.jobs],
+        jobs=jobs_public(ctx, list(row.jobs)),
     )
 
 
@@ -257,7 +267,7 @@ def studies(
         offset=offset,
     )
     unmasked = sees_identities(ctx, user)
-    return StudyPagePublic(total=total, items=[_study_public(row, unmasked) for row in rows])
+    return StudyPagePublic(total=total, items=[_study_public(ctx, row, unmasked) for row in rows])
 
 
 def study(ctx: WebContext, user: WebUser, study_uid: str) -> StudyDetailPublic | None:
@@ -273,7 +283,7 @@ def study(ctx: WebContext, user: WebUser, study_uid: str) -> StudyDetailPublic |
     unmasked = sees_identities(ctx, user)
     audience = Audience.ADMIN if unmasked else Audience.VIEWER
     routing = sorted(ctx.queries.routing(study_uid), key=_routing_order)
-    public = _study_public(row, unmasked)
+    public = _study_public(ctx, row, unmasked)
     return StudyDetailPublic(
         **public.model_dump(),
         routed_at=_utc(routing[0].routed_at) if routing else None,
@@ -358,7 +368,7 @@ def patient_name(ctx: WebContext, user: WebUser, study_uid: str) -> str:
 def failures(ctx: WebContext, *, limit: int = 100, offset: int = 0) -> JobPagePublic:
     """FAILED jobs, most recent first."""
     total, rows = ctx.queries.jobs(states=[JobState.FAILED], limit=limit, offset=offset)
-    return JobPagePublic(total=total, items=[job_public(row) for row in rows])
+    return JobPagePublic(total=total, items=jobs_public(ctx, rows))
 
 
 def _manifest_public(attempt: str, manifest: JobManifest) -> ManifestPublic:
@@ -511,7 +521,9 @@ def job_detail(ctx: WebContext, user: WebUser, job_id: int) -> JobDetailPublic |
     timeline = _timeline(detail, now)
     total = sum(stage.seconds for stage in timeline)
     admin = user.role is WebRole.ADMIN
-    base = job_public(detail.job)
+    newer = superseded_by(ctx.state, [job_id]).get(job_id)
+    notes = notes_of(ctx.state, job_id)
+    base = job_public(detail.job, newer)
     return JobDetailPublic(
         **base.model_dump(),
         task_id=detail.task_id,
@@ -543,9 +555,27 @@ def job_detail(ctx: WebContext, user: WebUser, job_id: int) -> JobDetailPublic |
         manifest=_manifest_public("latest", manifest) if manifest else None,
         previous_attempts=[_manifest_public(str(n), m) for n, _, m in previous],
         log=_log(detail, manifest, _mtime(job_dir / MANIFEST_NAME), previous),
+        rejection_notes=[
+            RejectionNotePublic(
+                destination=note.destination,
+                sop_instance_uid=note.sop_instance_uid,
+                superseded_by=note.superseded_by,
+                rejected=note.rejected,
+                state=note.state,
+                attempts=note.attempts,
+                last_error=note.last_error,
+                sent_at=_utc_or_none(note.sent_at),
+            )
+            for note in notes
+        ],
         has_seg=_seg_path(ctx, job_id, manifest) is not None,
-        can_retry=admin and detail.job.state in RETRYABLE_STATES,
-        can_cancel=admin and detail.job.state in CANCELLABLE_STATES,
+        can_retry=admin
+        and (
+            any(note.state is ExportState.FAILED for note in notes)
+            if newer is not None
+            else detail.job.state in RETRYABLE_STATES
+        ),
+        can_cancel=admin and newer is None and detail.job.state in CANCELLABLE_STATES,
     )
 
 

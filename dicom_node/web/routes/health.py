@@ -16,7 +16,7 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dicom_node.web.auth import NotAuthenticated, session_user_name
+from dicom_node.web.auth import NotAuthenticated, session_token
 from dicom_node.web.deps import CtxDep
 
 __all__ = ["router"]
@@ -71,6 +71,6 @@ def metrics(
     token = ctx.settings.web.metrics_token.get_secret_value()
     bearer = (authorization or "").removeprefix("Bearer ").strip()
     by_token = bool(token) and bool(bearer) and secrets.compare_digest(bearer, token)
-    if not by_token and ctx.auth.user(session_user_name(request)) is None:
+    if not by_token and ctx.sessions.user(session_token(request), ctx.auth.users) is None:
         raise NotAuthenticated()
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

@@ -33,7 +33,7 @@ def list_jobs(
 ) -> JobPagePublic:
     """Jobs, most recently changed first; ``state`` may repeat."""
     total, rows = ctx.queries.jobs(states=state or [], limit=limit, offset=offset)
-    return JobPagePublic(total=total, items=[views.job_public(row) for row in rows])
+    return JobPagePublic(total=total, items=views.jobs_public(ctx, rows))
 
 
 @api.get("/{job_id}", response_model=JobDetailPublic)

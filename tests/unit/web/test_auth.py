@@ -114,19 +114,6 @@ def test_api_login_for_programs(client: TestClient) -> None:
     assert client.get("/api/overview").status_code == 200
 
 
-def test_repeated_failures_lock_the_name_for_a_while(client: TestClient) -> None:
-    token = client.get("/api/session").json()["csrf_token"]
-    for _ in range(5):
-        bad = {"name": "admin", "password": "guess"}
-        assert (
-            client.post("/api/session", json=bad, headers={"X-CSRF-Token": token}).status_code
-            == 401
-        )
-    good = {"name": "admin", "password": PASSWORDS["admin"]}
-    answer = client.post("/api/session", json=good, headers={"X-CSRF-Token": token})
-    assert answer.status_code == 429
-
-
 def test_viewer_cannot_retry_or_cancel(
     viewer: tuple[TestClient, str], failed_job: SeededJob, state: StateDB
 ) -> None:
