@@ -372,9 +372,24 @@ class WebTlsSettings(_Section):
 
 
 class WebSettings(_Section):
-    """The admin dashboard, its REST API and Prometheus metrics (served by ``serve``)."""
+    """The admin dashboard, its REST API and Prometheus metrics.
 
-    enabled: bool = Field(default=False, description="Serve the dashboard from dicom-node serve.")
+    ``dicom-node web serve`` runs them in a process of their own (compose,
+    Kubernetes and systemd do so); ``dicom-node serve`` runs them too when
+    ``enabled``, as a supervised child process by default.
+    """
+
+    enabled: bool = Field(
+        default=False,
+        description="Run the dashboard from dicom-node serve (see mode); 'dicom-node web serve' "
+        "runs it on its own whatever this says.",
+    )
+    mode: Literal["process", "thread"] = Field(
+        default="process",
+        description="How serve runs the dashboard: 'process', a child process that serve "
+        "restarts if it dies, so a crash or a memory blow-up there never reaches the DICOM "
+        "receiver; 'thread', inside serve's own process (embedding, small tests).",
+    )
     host: str = Field(default="127.0.0.1", description="Address the dashboard listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP(S) port (0 picks one).")
     session_secret: SecretStr = Field(
@@ -392,9 +407,6 @@ class WebSettings(_Section):
     )
     worker_ping_timeout_s: float = Field(
         default=1.0, gt=0, le=10, description="How long to wait for workers to answer a ping."
-    )
-    log_format: Literal["text", "json"] = Field(
-        default="text", description="Log lines as text or as JSON objects (one per line)."
     )
     tls: WebTlsSettings = Field(default_factory=WebTlsSettings, description="HTTPS.")
     demo: bool = Field(
@@ -450,8 +462,21 @@ class Settings(BaseSettings):
     jobs: JobSettings = Field(default_factory=JobSettings, description="Attempts, lost jobs.")
     export: ExportSettings = Field(default_factory=ExportSettings, description="Export.")
     web: WebSettings = Field(default_factory=WebSettings, description="Dashboard and API.")
+    database_auto_upgrade: bool = Field(
+        default=True,
+        description="Bring the state DB's schema to this version at start (under a lock, safe "
+        "with several processes); false: run 'dicom-node db upgrade' yourself, and a process "
+        "refuses an older schema.",
+    )
     job_poll_seconds: float = Field(default=1.0, gt=0, description="Job/export loop period.")
-    log_level: str = Field(default="INFO", description="Logging level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Logging level of serve, web serve and worker."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines as text or as JSON objects (one per line, with job and study "
+        "tag as fields), for serve, web serve and worker.",
+    )
 
     @property
     def state_db_url(self) -> str:

@@ -6,9 +6,10 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 from dicom_node.broker import celery_config
+from dicom_node.logs import decorate_handlers
 from dicom_node.settings import Settings
 from pipelines.spec import load_pipeline_specs
 from worker.tasks import register_tasks
@@ -63,4 +64,11 @@ def make_celery(settings: Settings) -> Celery:
         logger.info("pool process on CPU (%d threads)", torch.get_num_threads())
 
     worker_process_init.connect(_init_pool_process, weak=False)
+
+    def _decorate(logger: logging.Logger, **_: object) -> None:
+        """Celery's own handlers get the node's log format and the job/study fields."""
+        decorate_handlers(logger, settings.log_format)
+
+    after_setup_logger.connect(_decorate, weak=False)
+    after_setup_task_logger.connect(_decorate, weak=False)
     return app

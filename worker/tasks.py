@@ -17,6 +17,7 @@ from celery import Celery, Task
 from celery.utils.log import get_task_logger
 
 from dicom_node.broker import RUN_JOB_TASK
+from dicom_node.logs import log_context
 from dicom_node.settings import Settings
 from pipelines.errors import PipelineError
 from pipelines.manifest import (
@@ -158,5 +159,6 @@ def register_tasks(app: Celery) -> None:
     def run_job(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
         request = JobRequest.model_validate(payload)
         settings: Settings = self.app.conf.dicom_node_settings
-        manifest = execute_job(settings, request)
+        with log_context(job=request.job_id, study=request.study_tag or None):
+            manifest = execute_job(settings, request)
         return manifest.model_dump(mode="json", include={"job_id", "status", "reason"})

@@ -8,6 +8,7 @@ import click
 
 from dicom_node import __version__
 from dicom_node.cli.config_cmd import config_group
+from dicom_node.cli.db_cmd import db_group
 from dicom_node.cli.demo import demo
 from dicom_node.cli.echo import echo_cmd
 from dicom_node.cli.retry import retry
@@ -35,6 +36,7 @@ cli.add_command(send)
 cli.add_command(retry)
 cli.add_command(echo_cmd)
 cli.add_command(config_group)
+cli.add_command(db_group)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,6 +10,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
+from dicom_node.logs import LogFormat, setup_logging
 from dicom_node.settings import Settings, load_settings
 
 __all__ = ["build_settings", "common_options", "configure_logging"]
@@ -34,25 +34,20 @@ def common_options(func: F) -> F:
     return click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")(func)
 
 
-def configure_logging(verbose: int, quiet: bool, default: str = "INFO") -> None:
-    """Log to stderr; pynetdicom's chatter stays at WARNING unless -vv."""
+def configure_logging(
+    verbose: int, quiet: bool, default: str = "INFO", log_format: LogFormat = "text"
+) -> None:
+    """Log to stderr at ``default`` (usually ``log_level``); ``-q``/``-v`` override it."""
     level = (
         logging.WARNING
         if quiet
         else logging.DEBUG
         if verbose >= 2
+        else logging.INFO
+        if verbose == 1
         else logging.getLevelName(default)
     )
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
-    # highdicom logs the UIDs of the source images it copies from at INFO: UIDs name
-    # studies, and logs name a study only by its tag (DESIGN.md promise 5).
-    logging.getLogger("highdicom").setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
+    setup_logging(level, log_format, debug_libraries=verbose >= 3)
 
 
 def build_settings(config: Path | None, **overrides: Any) -> Settings:

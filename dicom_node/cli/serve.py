@@ -1,4 +1,8 @@
-"""``dicom-node serve``: receive studies, route them, dispatch jobs, export results."""
+"""``dicom-node serve``: receive studies, route them, dispatch jobs, export results.
+
+With ``web.enabled`` it also runs the dashboard, in a child process by default
+(``web.mode``); ``dicom-node web serve`` runs the dashboard on its own instead.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from types import FrameType
 import click
 
 from dicom_node.cli.options import build_settings, common_options, configure_logging
+from dicom_node.errors import NodeError
 from dicom_node.node import Node
 from pipelines.errors import PipelineConfigError
 
@@ -22,17 +27,13 @@ logger = logging.getLogger(__name__)
 @click.option("--port", type=int, default=None, help="Override scp.port.")
 def serve(config: Path | None, verbose: int, quiet: bool, port: int | None) -> int:
     """Run the node until SIGTERM or SIGINT."""
-    configure_logging(verbose, quiet)
     settings = build_settings(config)
-    if settings.web.log_format == "json":
-        from dicom_node.web.jsonlog import use_json_logs
-
-        use_json_logs()
+    configure_logging(verbose, quiet, settings.log_level, settings.log_format)
     if port is not None:
         settings.scp.port = port
     try:
         node = Node(settings)
-    except PipelineConfigError as exc:
+    except (PipelineConfigError, NodeError) as exc:
         raise click.ClickException(exc.reason) from exc
     stop = threading.Event()
 

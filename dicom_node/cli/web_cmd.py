@@ -1,15 +1,67 @@
-"""``dicom-node web hash-password``: make the argon2 hash a ``web.users`` entry needs."""
+"""``dicom-node web serve|hash-password``: the dashboard in its own process, and its users."""
 
 from __future__ import annotations
 
+import logging
+import signal
 import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
+
+from dicom_node.cli.options import build_settings, common_options, configure_logging
+from dicom_node.errors import NodeError
+
+if TYPE_CHECKING:
+    from dicom_node.web.server import WebServerHandle
+
+logger = logging.getLogger(__name__)
 
 
 @click.group(name="web")
 def web_group() -> None:
-    """Dashboard helpers."""
+    """The dashboard: serve it, make password hashes."""
+
+
+@web_group.command(name="serve")
+@common_options
+@click.option("--port", type=int, default=None, help="Override web.port.")
+def serve_cmd(config: Path | None, verbose: int, quiet: bool, port: int | None) -> int:
+    """Run the dashboard, REST API and /metrics in this process until SIGTERM or SIGINT.
+
+    The receiver (dicom-node serve) runs apart, so nothing here can take it
+    down. The web section is checked as when enabled: a real session secret
+    and at least one user.
+    """
+    web: dict[str, object] = {"enabled": True}
+    if port is not None:
+        web["port"] = port
+    settings = build_settings(config, web=web)
+    configure_logging(verbose, quiet, settings.log_level, settings.log_format)
+    from dicom_node.web.process import run_web  # FastAPI only where the dashboard runs
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+    def _started(handle: WebServerHandle) -> None:
+        click.echo(f"dashboard {handle.url}", nl=True)  # for a supervisor or a test
+
+    try:
+        run_web(settings, stop, _started)
+    except NodeError as exc:  # a state DB whose schema is too old
+        raise click.ClickException(exc.reason) from exc
+    except OSError as exc:  # the port is in use
+        raise click.ClickException(str(exc)) from exc
+    return 0
 
 
 @web_group.command(name="hash-password")

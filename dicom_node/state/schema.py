@@ -2,6 +2,9 @@
 
 The state DB and the spool are the truth (DESIGN.md promise 2); Redis only
 carries messages. Only :mod:`dicom_node` writes these tables.
+
+Every change here needs a migration in ``migrations/versions`` (a test compares
+the migrated schema with these models, on SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -118,7 +122,8 @@ class Instance(Base):
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
-    size: Mapped[int] = mapped_column(Integer)
+    # 64-bit (migration 0002): PostgreSQL's integer stops at 2 GiB.
+    size: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, index=True)
     association_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
@@ -135,7 +140,7 @@ class Association(Base):
     started_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     ended_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
     instances: Mapped[int] = mapped_column(Integer, default=0)
-    bytes: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     outcome: Mapped[str] = mapped_column(String(16), default="open")
 

@@ -82,11 +82,11 @@ def test_admin_follows_a_study_and_retries_a_failure(
             "port": 0,
             "session_secret": "browser-test-secret-0123456789",
             "worker_ping_timeout_s": 0.5,
-            "log_format": "json",
             "users": [
                 {"name": "admin", "password_hash": hash_password(ADMIN_PASSWORD), "role": "admin"}
             ],
         },
+        log_format="json",
     )
     good = PHANTOM.write(tmp_path / "good", patient_name=SENTINEL, accession_number="ACC-DASH-1")
     bad = PHANTOM.write(tmp_path / "bad", accession_number="ACC-DASH-2")
