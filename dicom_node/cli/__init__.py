@@ -10,6 +10,7 @@ from dicom_node import __version__
 from dicom_node.cli.config_cmd import config_group
 from dicom_node.cli.db_cmd import db_group
 from dicom_node.cli.demo import demo
+from dicom_node.cli.doctor import doctor
 from dicom_node.cli.echo import echo_cmd
 from dicom_node.cli.retry import retry
 from dicom_node.cli.send import send
@@ -37,6 +38,7 @@ cli.add_command(retry)
 cli.add_command(echo_cmd)
 cli.add_command(config_group)
 cli.add_command(db_group)
+cli.add_command(doctor)
 
 
 def main(argv: list[str] | None = None) -> int:
