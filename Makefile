@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools chromium
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench-ingest system-deps install
+.PHONY: demo test lint bench-ingest system-deps install lock
 
 demo: install
 	$(VENV)/bin/dicom-node demo
@@ -32,11 +32,22 @@ system-deps:
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
 
-# constraints.txt pins the CPU build of torch for development and CI.
-$(STAMP): pyproject.toml constraints.txt | system-deps
+# Development and CI install the tested set of versions (requirements/dev.txt, made by
+# make lock) with the CPU build of torch that constraints.txt pins.
+$(STAMP): pyproject.toml constraints.txt requirements/dev.txt | system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -c requirements/dev.txt -e '.[worker,dev]'
 	touch $(STAMP)
+
+# The lock files: the node's install (no torch, MONAI, SciPy, highdicom), the worker's
+# (torch itself left to the machine: CPU or the CUDA build its driver needs), and the
+# development set CI installs. Hashes let an image build refuse a changed file.
+LOCK := $(VENV)/bin/pip-compile -q --no-emit-index-url --no-emit-find-links --strip-extras \
+	-c constraints.txt
+lock: install
+	$(LOCK) --generate-hashes -o requirements/node.txt pyproject.toml
+	$(LOCK) --generate-hashes --unsafe-package torch --extra worker -o requirements/worker.txt pyproject.toml
+	$(LOCK) --extra worker --extra dev -o requirements/dev.txt pyproject.toml
 
 install: system-deps $(STAMP)

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from dicom_node.broker import make_producer
+from dicom_node.broker import make_producer, workers_by_queue
 from dicom_node.settings import BrokerSettings
 
 __all__ = ["BrokerProbe", "QueueDepths", "WorkerInfo", "WorkersSeen", "worker_device"]
@@ -39,6 +39,8 @@ class WorkerInfo:
     hostname: str
     device: str
     processes: int | None
+    #: Queues it consumes.
+    queues: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +203,7 @@ class BrokerProbe:
             return seen
         try:
             replies = self._app().control.inspect(timeout=self.ping_timeout_s).stats() or {}
+            by_queue = workers_by_queue(self._app(), self.ping_timeout_s) if replies else {}
             seen = WorkersSeen(
                 True,
                 tuple(
@@ -208,6 +211,7 @@ class BrokerProbe:
                         hostname=name,
                         device=worker_device(name, stats or {}),
                         processes=_processes(stats or {}),
+                        queues=tuple(q for q, names in (by_queue or {}).items() if name in names),
                     )
                     for name, stats in sorted(replies.items())
                 ),

@@ -201,6 +201,7 @@ def test_admin_follows_a_study_and_retries_a_failure(
         metrics = page.request.get(f"{url}/metrics").text()
         assert "dicom_node_instances_received_total 80.0" in metrics
         assert 'dicom_node_workers{device="cpu"} 1.0' in metrics
+        assert 'dicom_node_queue_workers{queue="cpu"} 1.0' in metrics
         page.close()
         state.close()
     log = node.log_path.read_text(errors="replace")
