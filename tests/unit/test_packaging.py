@@ -96,7 +96,7 @@ def test_node_runs_without_the_worker_extra() -> None:
 
 
 def _lock(name: str) -> dict[str, str]:
-    pins = {}
+    pins: dict[str, str] = {}
     for line in (REPO / "requirements" / name).read_text().splitlines():
         if line and not line.startswith((" ", "#")) and "==" in line:
             package, _, version = line.split(" ")[0].partition("==")
