@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools chromium
+APT_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools chromium postgresql iproute2
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench-ingest system-deps install lock

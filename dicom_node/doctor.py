@@ -42,7 +42,7 @@ from dicom_node.web.probe import worker_device
 from pipelines.errors import PipelineConfigError
 from pipelines.spec import PipelineSpec, load_pipeline_specs
 
-__all__ = ["CLOCK_TOLERANCE_S", "Check", "run_checks"]
+__all__ = ["CLOCK_TOLERANCE_S", "Check", "own_receiver", "run_checks"]
 
 #: Largest clock difference with the broker that passes.
 CLOCK_TOLERANCE_S = 2.0
@@ -265,12 +265,7 @@ def check_receiver_port(settings: Settings) -> Check:
                 return Check("receiver port", False, f"{scp.host}:{scp.port}: {exc.strerror}")
         else:
             return Check("receiver port", True, f"{scp.host}:{scp.port} is free")
-    host = "127.0.0.1" if scp.host in ("0.0.0.0", "") else "::1" if scp.host == "::" else scp.host
-    ours = DestinationSettings(
-        name="receiver", ae_title=scp.ae_title, host=host, port=scp.port, timeout_s=5,
-        tls=_own_tls(settings),
-    )  # fmt: skip
-    answered, _ = echo(scp.ae_title, ours)
+    answered, _ = echo(scp.ae_title, own_receiver(settings))
     if answered:
         return Check(
             "receiver port",
@@ -285,17 +280,24 @@ def check_receiver_port(settings: Settings) -> Check:
     )
 
 
-def _own_tls(settings: Settings) -> ClientTlsSettings:
-    """TLS to reach our own receiver: trust its certificate, present it if asked."""
-    tls = settings.scp.tls
-    if not tls.enabled:
-        return ClientTlsSettings()
-    return ClientTlsSettings(
-        enabled=True,
-        ca_certificates=tls.ca_certificates or tls.certificate,
-        certificate=tls.certificate if tls.require_client_certificate else None,
-        private_key=tls.private_key if tls.require_client_certificate else None,
-    )
+def own_receiver(settings: Settings, timeout_s: float = 5.0) -> DestinationSettings:
+    """This node's receiver as a C-ECHO destination on this machine (with its TLS)."""
+    scp = settings.scp
+    host = "127.0.0.1" if scp.host in ("0.0.0.0", "") else "::1" if scp.host == "::" else scp.host
+    tls = scp.tls
+    client = ClientTlsSettings()
+    if tls.enabled:
+        # Trust our own certificate, and present it where clients must show one.
+        client = ClientTlsSettings(
+            enabled=True,
+            ca_certificates=tls.ca_certificates or tls.certificate,
+            certificate=tls.certificate if tls.require_client_certificate else None,
+            private_key=tls.private_key if tls.require_client_certificate else None,
+        )
+    return DestinationSettings(
+        name="receiver", ae_title=scp.ae_title, host=host, port=scp.port, timeout_s=timeout_s,
+        tls=client,
+    )  # fmt: skip
 
 
 def run_checks(

@@ -12,6 +12,7 @@ from dicom_node.cli.db_cmd import db_group
 from dicom_node.cli.demo import demo
 from dicom_node.cli.doctor import doctor
 from dicom_node.cli.echo import echo_cmd
+from dicom_node.cli.health import health
 from dicom_node.cli.retry import retry
 from dicom_node.cli.send import send
 from dicom_node.cli.serve import serve
@@ -39,6 +40,7 @@ cli.add_command(echo_cmd)
 cli.add_command(config_group)
 cli.add_command(db_group)
 cli.add_command(doctor)
+cli.add_command(health)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -220,3 +220,20 @@ def test_model_that_does_not_load(site: Site) -> None:
     assert code == 1
     assert {name for name, ok in lines.items() if not ok} == {"model ct-broken"}, out
     assert lines["model ct-body-lung"] is True
+
+
+def test_health_of_the_worker_role(site: Site) -> None:
+    """A container's health check: a worker on this host answers the broker's ping."""
+
+    def health(config: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dicom_node", "health", "worker", "--config", str(config)],
+            capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+        )  # fmt: skip
+
+    alive = health(site.config)
+    assert alive.returncode == 0, alive.stdout + alive.stderr
+    assert "answered the ping" in alive.stdout
+    # Another broker database: no worker there, so none answers.
+    alone = _variant(site, "no-worker", broker={"url": site.broker_url.rsplit("/", 1)[0] + "/12"})
+    assert health(alone).returncode == 1
