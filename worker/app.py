@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 from dicom_node.broker import celery_config
@@ -16,7 +16,28 @@ from worker.tasks import register_tasks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["make_celery"]
+__all__ = ["NodeInfo", "make_celery"]
+
+
+class NodeInfo(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Adds what the node's dashboard shows to the worker's ``stats`` answer.
+
+    One broadcast then tells the dashboard each worker's device and queues
+    (``{"dicom_node": {"device": "cuda:0", "queues": ["gpu"]}}``). A start-stop
+    step, because Celery gathers ``info`` from those only.
+    """
+
+    def info(self, worker: object) -> dict[str, object]:
+        """This worker's device and the queues it consumes."""
+        app = getattr(worker, "app", None)
+        consumed = app.amqp.queues.consume_from if app is not None else None
+        settings: Settings | None = app.conf.dicom_node_settings if app is not None else None
+        return {
+            "dicom_node": {
+                "device": settings.worker.device if settings is not None else "unknown",
+                "queues": sorted(consumed or []),
+            }
+        }
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -44,6 +65,7 @@ def make_celery(settings: Settings) -> Celery:
         dicom_node_settings=settings,
     )
     register_tasks(app)
+    app.steps["worker"].add(NodeInfo)
     concurrency = settings.worker.concurrency
     device = settings.worker.device
 

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from dicom_node.broker import make_producer, workers_by_queue
+from dicom_node.broker import make_producer
 from dicom_node.settings import BrokerSettings
 
 __all__ = ["BrokerProbe", "QueueDepths", "WorkerInfo", "WorkersSeen", "worker_device"]
@@ -203,7 +203,6 @@ class BrokerProbe:
             return seen
         try:
             replies = self._app().control.inspect(timeout=self.ping_timeout_s).stats() or {}
-            by_queue = workers_by_queue(self._app(), self.ping_timeout_s) if replies else {}
             seen = WorkersSeen(
                 True,
                 tuple(
@@ -211,7 +210,7 @@ class BrokerProbe:
                         hostname=name,
                         device=worker_device(name, stats or {}),
                         processes=_processes(stats or {}),
-                        queues=tuple(q for q, names in (by_queue or {}).items() if name in names),
+                        queues=_queues(stats or {}),
                     )
                     for name, stats in sorted(replies.items())
                 ),
@@ -222,6 +221,13 @@ class BrokerProbe:
         with self._lock:
             self._workers = (time.monotonic(), seen)
         return seen
+
+
+def _queues(stats: Mapping[str, Any]) -> tuple[str, ...]:
+    """The queues a worker reported (:class:`worker.app.NodeInfo`); () if it did not."""
+    custom = stats.get("dicom_node")
+    queues = custom.get("queues") if isinstance(custom, Mapping) else None
+    return tuple(str(q) for q in queues) if isinstance(queues, list) else ()
 
 
 def _processes(stats: Mapping[str, Any]) -> int | None:

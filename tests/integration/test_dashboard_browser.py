@@ -22,6 +22,7 @@ import redis
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from dicom_node.phantom import ChestPhantom
+from dicom_node.phi import study_tag
 from dicom_node.services import OrthancHandle, orthanc_study_objects, wait_until
 from dicom_node.state import JobState, StateDB
 from dicom_node.web.auth import hash_password
@@ -212,4 +213,11 @@ def test_admin_follows_a_study_and_retries_a_failure(
     assert any(message.startswith("POST /jobs/{job_id}/retry 303") for message in access)
     for secret in ("ACC-DASH-1", SENTINEL, ADMIN_PASSWORD):
         assert secret not in log
+    # The worker logs JSON too, each line of a job carrying the job and the study's tag.
+    worker_log = (tmp_path / "worker.log").read_text(errors="replace")
+    lines = [json.loads(line) for line in worker_log.splitlines() if line.startswith("{")]
+    of_good_job = [line for line in lines if line.get("job") == good_job]
+    assert of_good_job, "no worker line carries the job's ID"
+    assert {line["study"] for line in of_good_job} == {study_tag(good.study_uid)}
+    assert SENTINEL not in worker_log
     assert redis.Redis.from_url(broker_url).ping()
