@@ -4,7 +4,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools chromium postgresql iproute2
+APT_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools chromium postgresql iproute2 \
+	prometheus systemd podman runc debootstrap uidmap
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench-ingest system-deps install lock container-base container-images container-test
@@ -22,8 +23,10 @@ lint: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/ruff format --check .
 
-# Debian packages: the broker, the archive, the sender, the validator, and the
-# browser of the dashboard's test (Playwright drives Debian's chromium).
+# Debian packages: the broker, the archive, the sender, the validator, the browser of
+# the dashboard's test (Playwright drives Debian's chromium), PostgreSQL (the state DB's
+# tests), and for the deployment's tests promtool (prometheus), systemd-analyze, and
+# podman with runc and debootstrap (the images, built without a registry).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -59,7 +62,6 @@ install: system-deps $(STAMP)
 # base image is made by debootstrap from the Debian mirror apt already uses, the
 # companions (Redis, PostgreSQL, Orthanc, OHIF) from Debian's and npm's packages
 # (deploy/compose.offline.yaml), the CPU build of torch from this machine's wheel folder.
-CONTAINER_PACKAGES := podman runc debootstrap uidmap
 export CONTAINERS_CONF := $(CURDIR)/deploy/podman/containers.conf
 BASE_IMAGE ?= localhost/dicom-node-base:bookworm
 DEBIAN_MIRROR ?= $(shell sed -n 's/^URIs: *//p;s/^deb  *\(http[^ ]*\).*/\1/p' \
@@ -67,12 +69,7 @@ DEBIAN_MIRROR ?= $(shell sed -n 's/^URIs: *//p;s/^deb  *\(http[^ ]*\).*/\1/p' \
 OHIF_VERSION := 3.13.2
 COMPOSE := $(VENV)/bin/podman-compose -f deploy/compose.yaml -f deploy/compose.offline.yaml
 
-container-base:
-	@missing=""; for p in $(CONTAINER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
-	fi
+container-base: system-deps
 	podman image exists $(BASE_IMAGE) || { \
 	  rootfs=$$(mktemp -d) && \
 	  debootstrap --variant=minbase bookworm $$rootfs/root $(DEBIAN_MIRROR) >/dev/null && \
