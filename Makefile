@@ -83,12 +83,12 @@ container-images: install container-base
 	test -s deploy/ohif/ohif-app.tgz || { \
 	  tmp=$$(mktemp -d) && (cd $$tmp && npm pack -q @ohif/app@$(OHIF_VERSION)) && \
 	  mv $$tmp/ohif-app-$(OHIF_VERSION).tgz deploy/ohif/ohif-app.tgz && rm -rf $$tmp; }
-	podman build -q -f deploy/Containerfile --target node --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	podman build -q --format docker -f deploy/Containerfile --target node --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	  -t localhost/dicom-node:node .
-	podman build -q -f deploy/Containerfile --target worker --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	podman build -q --format docker -f deploy/Containerfile --target worker --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	  --build-arg TORCH_INDEX_URL= -t localhost/dicom-node:worker .
 	for target in redis postgres orthanc ohif; do \
-	  podman build -q -f deploy/services/Containerfile --target $$target \
+	  podman build -q --format docker -f deploy/services/Containerfile --target $$target \
 	    --build-arg BASE_IMAGE=$(BASE_IMAGE) -t localhost/dicom-node-$$target:debian deploy || exit 1; \
 	done
 
