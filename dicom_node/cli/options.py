@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
@@ -13,7 +16,7 @@ from pydantic import ValidationError
 from dicom_node.logs import LogFormat, setup_logging
 from dicom_node.settings import Settings, load_settings
 
-__all__ = ["build_settings", "common_options", "configure_logging"]
+__all__ = ["build_settings", "common_options", "configure_logging", "stop_on_signals"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,3 +69,16 @@ def build_settings(config: Path | None, **overrides: Any) -> Settings:
         raise click.ClickException(str(exc)) from exc
     except ValidationError as exc:
         raise click.ClickException(f"invalid configuration:\n{exc}") from exc
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets: a long-running command's way to stop cleanly."""
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    return stop

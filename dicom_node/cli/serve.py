@@ -6,20 +6,19 @@ With ``web.enabled`` it also runs the dashboard, in a child process by default
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 
 import click
 
-from dicom_node.cli.options import build_settings, common_options, configure_logging
+from dicom_node.cli.options import (
+    build_settings,
+    common_options,
+    configure_logging,
+    stop_on_signals,
+)
 from dicom_node.errors import NodeError
 from dicom_node.node import Node
 from pipelines.errors import PipelineConfigError
-
-logger = logging.getLogger(__name__)
 
 
 @click.command()
@@ -35,14 +34,7 @@ def serve(config: Path | None, verbose: int, quiet: bool, port: int | None) -> i
         node = Node(settings)
     except (PipelineConfigError, NodeError) as exc:
         raise click.ClickException(exc.reason) from exc
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        logger.info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop = stop_on_signals()
     handle = node.start()
     # A line on stdout tells a supervisor (or a test) the port actually bound.
     click.echo(f"listening {handle.host}:{handle.port}", nl=True)

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import logging
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
 
-from dicom_node.cli.options import build_settings, common_options, configure_logging
+from dicom_node.cli.options import (
+    build_settings,
+    common_options,
+    configure_logging,
+    stop_on_signals,
+)
 from dicom_node.errors import NodeError
 
 if TYPE_CHECKING:
     from dicom_node.web.server import WebServerHandle
-
-logger = logging.getLogger(__name__)
 
 
 @click.group(name="web")
@@ -43,14 +42,7 @@ def serve_cmd(config: Path | None, verbose: int, quiet: bool, port: int | None) 
     configure_logging(verbose, quiet, settings.log_level, settings.log_format)
     from dicom_node.web.process import run_web  # FastAPI only where the dashboard runs
 
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        logger.info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop = stop_on_signals()
 
     def _started(handle: WebServerHandle) -> None:
         click.echo(f"dashboard {handle.url}", nl=True)  # for a supervisor or a test
