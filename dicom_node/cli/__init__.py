@@ -7,6 +7,7 @@ import sys
 import click
 
 from dicom_node import __version__
+from dicom_node.errors import NodeError
 from dicom_node.cli.config_cmd import config_group
 from dicom_node.cli.db_cmd import db_group
 from dicom_node.cli.demo import demo
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except click.ClickException as exc:
         exc.show()
+        return 1
+    except NodeError as exc:  # a deliberate refusal (e.g. a state DB schema too old)
+        print(f"Error: {exc.reason}", file=sys.stderr)
         return 1
     return int(result or 0)
 

@@ -19,7 +19,7 @@ def retry(config: Path | None, verbose: int, quiet: bool, job_id: int) -> int:
     """Retry job JOB_ID; the running node picks it up on its next pass."""
     configure_logging(verbose, quiet, default="WARNING")
     settings = build_settings(config)
-    state = StateDB(settings.state_db_url)
+    state = StateDB(settings.state_db_url, upgrade=settings.database_auto_upgrade)
     try:
         message = retry_job(state, Spool(settings.spool_dir), job_id)
     except RetryRefused as exc:
