@@ -7,7 +7,6 @@ import sys
 import click
 
 from dicom_node import __version__
-from dicom_node.errors import NodeError
 from dicom_node.cli.config_cmd import config_group
 from dicom_node.cli.db_cmd import db_group
 from dicom_node.cli.demo import demo
@@ -20,6 +19,7 @@ from dicom_node.cli.serve import serve
 from dicom_node.cli.status import status
 from dicom_node.cli.web_cmd import web_group
 from dicom_node.cli.worker import worker
+from dicom_node.errors import NodeError
 
 __all__ = ["cli", "main"]
 
