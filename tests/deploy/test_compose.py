@@ -31,7 +31,8 @@ from dicom_node.settings import DestinationSettings
 from dicom_node.web.auth import hash_password
 from tests.node_process import REPO, storescu
 
-pytestmark = [pytest.mark.slow, pytest.mark.serial]
+# Building the images the first time on a fresh machine takes most of this.
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(3600)]
 
 #: The user the images run as: the secret files must be readable by it.
 IMAGE_UID = 10001

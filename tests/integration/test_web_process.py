@@ -62,7 +62,9 @@ def web_serve(
 ) -> Iterator[tuple[Path, int]]:
     """A config for serve (dashboard off) and a running ``dicom-node web serve`` beside it."""
     web_port = free_port()
-    config = write_config(tmp_path, broker_url, orthanc.dicom_port, web=_web_section(web_port))
+    config = write_config(
+        tmp_path, broker_url, orthanc.dicom_port, web=_web_section(web_port), log_level="WARNING"
+    )
     log = (tmp_path / "web.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dicom_node", "web", "serve", "--config", str(config)],
@@ -98,6 +100,10 @@ def test_web_serve_outlives_a_killed_receiver_and_the_other_way(
         os.kill(web_pid, signal.SIGKILL)
         wait_until(lambda: not _answers(health), 30, "the dashboard gone")
         assert _echoes(node.port)
+    # log_level: WARNING is honoured: the dashboard's INFO lines are not there.
+    text = (config.parent / "web.log").read_text(errors="replace")
+    assert "dashboard http://" in text
+    assert " INFO " not in text
 
 
 def _listener_pid(port: int) -> int:
