@@ -8,6 +8,7 @@ carries one health check for all three.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import urllib.error
@@ -89,7 +90,13 @@ def _worker_health(settings: Settings, timeout_s: float) -> tuple[bool, str]:
     app = make_producer(settings.broker)
     host = socket.gethostname()
     try:
-        replies = app.control.ping(timeout=timeout_s) or []
+        # Only this host's workers are asked, and the first answer ends the wait.
+        replies = (
+            app.control.ping(
+                timeout=timeout_s, pattern=f".*@{re.escape(host)}$", matcher="pcre", limit=1
+            )
+            or []
+        )
     except Exception as exc:  # kombu raises several types when the broker is away
         return False, f"the broker could not be asked ({type(exc).__name__})"
     finally:
