@@ -21,14 +21,16 @@ import pytest
 import yaml
 
 from dicom_node.broker import make_producer, workers_by_queue
+from dicom_node.doctor import check_destination
 from dicom_node.services import (
     OrthancHandle,
     PostgresHandle,
     RedisHandle,
     free_port,
+    run_orthanc,
     wait_until,
 )
-from dicom_node.settings import BrokerSettings
+from dicom_node.settings import BrokerSettings, DestinationSettings, load_settings
 from tests.conftest import new_postgres_database
 from tests.node_process import REPO, run_node, run_worker, write_config
 
@@ -237,3 +239,18 @@ def test_health_of_the_worker_role(site: Site) -> None:
     # Another broker database: no worker there, so none answers.
     alone = _variant(site, "no-worker", broker={"url": site.broker_url.rsplit("/", 1)[0] + "/12"})
     assert health(alone).returncode == 1
+
+
+def test_a_dicomweb_destination_is_asked_over_http(tmp_path: Path) -> None:
+    """A STOW-RS archive is checked with a QIDO-RS request, not C-ECHO."""
+    with run_orthanc(tmp_path / "orthanc", dicomweb=True) as archive:
+        good = DestinationSettings(
+            name="web", kind="dicomweb", url=f"{archive.http_url}/dicom-web", timeout_s=5
+        )
+        check = check_destination(load_settings(None), good)
+        assert check.ok, check.detail
+        assert "answered HTTP 200" in check.detail
+        wrong = good.model_copy(update={"url": f"{archive.http_url}/no-dicom-web"})
+        check = check_destination(load_settings(None), wrong)
+        assert not check.ok
+        assert "HTTP 404" in check.detail
