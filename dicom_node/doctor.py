@@ -198,11 +198,11 @@ def check_models(
             try:
                 answer: dict[str, Any] = result.get(timeout=timeout_s)
             except Exception as exc:  # a timeout, or the task failing on the worker
-                for name in by_queue[queue]:
-                    checks.append(
-                        Check(f"model {name}", False, f"no answer from queue {queue!r} "
-                              f"within {timeout_s:.0f} s ({type(exc).__name__})")
-                    )  # fmt: skip
+                reason = (
+                    f"no answer from queue {queue!r} within {timeout_s:.0f} s "
+                    f"({type(exc).__name__})"
+                )
+                checks.extend(Check(f"model {name}", False, reason) for name in by_queue[queue])
                 continue
             where = answer.get("worker", "?")
             device = answer.get("gpu") or answer.get("device", "?")

@@ -7,6 +7,7 @@ temporary folder on a free port, waits until it answers, and stops it by its PID
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Iterator
 from typing import Literal
 
@@ -70,12 +71,13 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
         yield handle
 
 
-_next_database = itertools.count(1)
-
-
 def new_postgres_database(server: PostgresHandle) -> str:
-    """A fresh, empty database on the session's server; its SQLAlchemy URL."""
-    return server.create_database(f"state_{next(_next_database)}")
+    """A fresh, empty database on the session's server; its SQLAlchemy URL.
+
+    The name is random: test modules import this module under a second name, so a
+    counter here would count twice from 1.
+    """
+    return server.create_database(f"state_{uuid.uuid4().hex[:16]}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
