@@ -19,6 +19,7 @@ from dicom_node.settings import BrokerSettings
 from pipelines.manifest import JobRequest
 
 __all__ = [
+    "CHECK_PIPELINES_TASK",
     "RUN_JOB_TASK",
     "celery_config",
     "make_producer",
@@ -28,9 +29,12 @@ __all__ = [
     "send_job",
     "task_state",
     "visibility_timeout",
+    "workers_by_queue",
 ]
 
 RUN_JOB_TASK = "worker.run_job"
+#: The doctor's question to a worker: load these pipelines' models, say which load.
+CHECK_PIPELINES_TASK = "worker.check_pipelines"
 
 
 def visibility_timeout(longest_job_s: int) -> int:
@@ -202,3 +206,23 @@ def tasks_on_live_workers(app: Celery, timeout_s: float = 2.0) -> set[str] | Non
     for tasks in (*active.values(), *reserved.values()):
         ids.update(str(task.get("id")) for task in tasks if task.get("id"))
     return ids
+
+
+def workers_by_queue(app: Celery, timeout_s: float = 2.0) -> dict[str, list[str]] | None:
+    """The live workers consuming each queue (Celery's ``active_queues`` broadcast).
+
+    Returns
+    -------
+    dict[str, list[str]] or None
+        Queue name to worker node names (sorted); None when the broker could
+        not be asked.
+    """
+    try:
+        replies = app.control.inspect(timeout=timeout_s).active_queues() or {}
+    except Exception:  # kombu raises several types when the broker is away
+        return None
+    out: dict[str, list[str]] = {}
+    for worker, queues in sorted(replies.items()):
+        for queue in queues or []:
+            out.setdefault(str(queue.get("name")), []).append(worker)
+    return out

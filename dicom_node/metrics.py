@@ -1,5 +1,8 @@
 """Prometheus metrics of the node, computed at scrape time from what survives restarts.
 
+``deploy/monitoring/`` holds a Grafana dashboard over these and Prometheus alert
+rules (a test checks that every metric they name is one this module exports).
+
 The receiver may run in several processes (``scp.processes``) and the node may
 restart; in-process counters would see only one process since its start. So
 a custom collector reads the counters from the state DB (instances, bytes,
@@ -23,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from dicom_node.state import ExportState
 from dicom_node.state.queries import StageDuration, StateQueries
 from dicom_node.web.probe import BrokerProbe
 
@@ -197,9 +201,10 @@ class NodeCollector(Collector):
             "Times a job ended FAILED, by pipeline and cause (export or pipeline).",
             labels=["pipeline", "cause"],
         )
-        exports = CounterMetricFamily(
-            "dicom_node_export_failures",
-            "Times a job failed because a destination refused its objects to the last attempt.",
+        export_jobs = CounterMetricFamily(
+            "dicom_node_export_job_failures",
+            "Jobs that ended FAILED because a destination refused their objects to the last "
+            "attempt, by destination.",
             labels=["destination"],
         )
         by_cause: dict[tuple[str, str], int] = defaultdict(int)
@@ -212,17 +217,19 @@ class NodeCollector(Collector):
         for (pipeline, cause), count in sorted(by_cause.items()):
             failures.add_metric([pipeline, cause], count)
         for destination, count in sorted(by_destination.items()):
-            exports.add_metric([destination], count)
+            export_jobs.add_metric([destination], count)
         yield failures
-        yield exports
-        given_up = GaugeMetricFamily(
-            "dicom_node_exports_failed",
-            "Result objects a destination has not received and nobody retries now.",
-            labels=["destination"],
-        )
-        for destination, count in sorted(self.queries.failed_exports().items()):
-            given_up.add_metric([destination], count)
-        yield given_up
+        yield export_jobs
+        for state, name, text in (
+            (ExportState.PENDING, "dicom_node_exports_pending",
+             "Result objects waiting to be sent to a destination (the export backlog)."),
+            (ExportState.FAILED, "dicom_node_exports_given_up",
+             "Result objects a destination has not received and nobody retries now."),
+        ):  # fmt: skip
+            gauge = GaugeMetricFamily(name, text, labels=["destination"])
+            for destination, count in sorted(self.queries.exports_in_state(state).items()):
+                gauge.add_metric([destination], count)
+            yield gauge
 
     def _broker(self) -> Iterable[Metric]:
         depths = self.probe.queue_depths()
@@ -250,6 +257,13 @@ class NodeCollector(Collector):
             "dicom_node_workers_online", "Workers that answered the broadcast.",
             value=len(seen.workers),
         )  # fmt: skip
+        per_queue = GaugeMetricFamily(
+            "dicom_node_queue_workers", "Live workers consuming each queue the node uses.",
+            labels=["queue"],
+        )  # fmt: skip
+        for name in self.probe.queues:
+            per_queue.add_metric([name], sum(name in w.queues for w in seen.workers))
+        yield per_queue
 
     def _spool(self) -> Iterable[Metric]:
         usage = shutil.disk_usage(self.spool_root)

@@ -1,4 +1,4 @@
-"""The running node: receiver, supervisor and dashboard over one spool and state DB."""
+"""The running node: receiver, supervisor and (optionally) dashboard over one spool and state DB."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from dicom_node.supervisor import Supervisor
 from pipelines.spec import load_pipeline_specs
 
 if TYPE_CHECKING:
+    from dicom_node.web.process import WebProcess
     from dicom_node.web.server import WebServerHandle
 
 __all__ = ["Node"]
@@ -43,7 +44,7 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.spool = Spool(settings.spool_dir, settings.scp.min_free_bytes)
-        self.state = StateDB(settings.state_db_url)
+        self.state = StateDB(settings.state_db_url, upgrade=settings.database_auto_upgrade)
         self.pipelines = load_pipeline_specs(settings.pipelines_dir)
         longest = max((p.time_limit_s for p in self.pipelines.values()), default=900)
         self.producer = make_producer(settings.broker, longest)
@@ -63,8 +64,10 @@ class Node:
         self._next_retention = 0.0
         self._handle: ReceiverHandle | None = None
         self._pool: ReceiverPool | None = None
-        #: The dashboard, when ``web.enabled``; set by :meth:`start`.
-        self.web: WebServerHandle | None = None
+        #: The dashboard, when ``web.enabled``: a child process (``web.mode: process``)
+        #: or a server in a thread of this process (``thread``); set by :meth:`start`.
+        self.web: WebProcess | WebServerHandle | None = None
+        self._web_process: WebProcess | None = None
 
     def start(self) -> ReceiverHandle:
         """Start receiving and supervising; return the receiver's handle."""
@@ -90,6 +93,13 @@ class Node:
         return self._handle
 
     def _start_web(self) -> None:
+        if self.settings.web.mode == "process":
+            from dicom_node.web.process import WebProcess
+
+            self._web_process = WebProcess(self.settings)
+            self._web_process.start()
+            self.web = self._web_process
+            return
         from dicom_node.web import create_app, start_web_server  # FastAPI only when served
 
         app = create_app(
@@ -106,9 +116,14 @@ class Node:
         self.retention.run()
 
     def check(self) -> None:
-        """Restart extra receiver processes that died; call it periodically."""
+        """Restart extra receiver processes and the dashboard process that died.
+
+        Call it periodically.
+        """
         if self._pool is not None:
             self._pool.check()
+        if self._web_process is not None:
+            self._web_process.check()
 
     def stop(self) -> None:
         """Stop receiving first, then let the supervisor finish its pass."""

@@ -1,18 +1,23 @@
-"""Start the real companion servers on loopback: redis-server and Orthanc.
+"""Start the real companion servers on loopback: redis-server, Orthanc and PostgreSQL.
 
-The demo and the test suite both need a broker and an archive. These context
-managers start the Debian binaries in a temporary folder on free ports, wait
-until they answer (with a deadline, never a fixed sleep), and stop them by
-their own PID. Nothing here is used by ``dicom-node serve`` in production.
+The demo and the test suite both need a broker and an archive, and the tests
+a PostgreSQL state DB beside SQLite. These context managers start the Debian
+binaries in a temporary folder on free ports, wait until they answer (with a
+deadline, never a fixed sleep), and stop them by their own PID. Nothing here
+is used by ``dicom-node serve`` in production.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,11 +30,13 @@ from typing import Any
 __all__ = [
     "OrthancHandle",
     "OrthancTls",
+    "PostgresHandle",
     "RedisHandle",
     "ServiceError",
     "free_port",
     "orthanc_rest",
     "run_orthanc",
+    "run_postgres",
     "run_redis",
     "wait_until",
 ]
@@ -320,3 +327,128 @@ def orthanc_study_objects(base_url: str, study_uid: str, modalities: set[str]) -
         for instance_id in series.get("Instances", []):
             files.append(orthanc_rest(base_url, f"/instances/{instance_id}/file", raw=True))
     return files
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresHandle:
+    """A running PostgreSQL server; ``user`` may create databases, without a password."""
+
+    port: int
+    pid: int
+    folder: Path
+    user: str = "dicom_node"
+
+    def url(self, database: str = "postgres") -> str:
+        """SQLAlchemy URL of ``database`` (psycopg 3 driver)."""
+        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database and return its SQLAlchemy URL.
+
+        Raises
+        ------
+        ValueError
+            If ``name`` is not a plain identifier (letters, digits, underscores).
+        """
+        import psycopg  # the PostgreSQL driver; only this helper and SQLAlchemy use it
+
+        if not name.replace("_", "").isalnum():
+            raise ValueError(f"database name must be a plain identifier, got {name!r}")
+        with psycopg.connect(self._dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')  # an identifier cannot be a parameter
+        return self.url(name)
+
+    def _dsn(self, database: str) -> str:
+        return f"host=127.0.0.1 port={self.port} user={self.user} dbname={database}"
+
+
+def _postgres_binary(name: str) -> str:
+    # Debian keeps the server's programs out of PATH, in one folder per major version.
+    found = shutil.which(name) or next(
+        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
+    )
+    if found is None:
+        raise ServiceError(f"{name} not found: install the Debian package 'postgresql'")
+    return found
+
+
+def _postgres_ready(handle: PostgresHandle, proc: subprocess.Popen[bytes]) -> bool:
+    import psycopg
+
+    if proc.poll() is not None:
+        raise ServiceError(f"postgres exited; see {handle.folder / 'postgres.log'}")
+    try:
+        with psycopg.connect(handle._dsn("postgres"), connect_timeout=1):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@contextmanager
+def run_postgres(folder: Path, port: int | None = None) -> Iterator[PostgresHandle]:
+    """Run Debian's PostgreSQL on loopback: ``initdb`` in a new folder, then ``postgres``.
+
+    PostgreSQL refuses to run as root, so under root the cluster belongs to the
+    ``postgres`` user (made by Debian's package; ``nobody`` otherwise) and lives
+    in a folder of its own under the system's temporary directory, since a
+    test's ``tmp_path`` is private to root. It is removed afterwards. Durability
+    is off (``fsync=off``): a test server, never a production one.
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+        Holds the server's log (and its data, when not root).
+    port : int or None
+        Port; a free one when None.
+
+    Yields
+    ------
+    PostgresHandle
+        The running server, answering connections.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    run_as: pwd.struct_passwd | None = None
+    if os.geteuid() == 0:
+        try:
+            run_as = pwd.getpwnam("postgres")
+        except KeyError:
+            run_as = pwd.getpwnam("nobody")
+        cluster = Path(tempfile.mkdtemp(prefix="dicom-node-pg-"))
+        os.chown(cluster, run_as.pw_uid, run_as.pw_gid)
+    else:
+        cluster = folder / "cluster"
+        cluster.mkdir()
+    uid, gid = (run_as.pw_uid, run_as.pw_gid) if run_as else (None, None)
+    data = cluster / "data"
+    log = (folder / "postgres.log").open("ab")
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        initdb = subprocess.run(
+            [_postgres_binary("initdb"), "-D", str(data), "-U", "dicom_node", "-A", "trust",
+             "-E", "UTF8", "--no-sync"],
+            stdout=log, stderr=subprocess.STDOUT, check=False, timeout=120, cwd=cluster,
+            user=uid, group=gid,
+        )  # fmt: skip
+        if initdb.returncode != 0:
+            raise ServiceError(f"initdb failed; see {folder / 'postgres.log'}")
+        proc = subprocess.Popen(
+            [_postgres_binary("postgres"), "-D", str(data), "-p", str(port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={cluster}",
+             "-c", "max_connections=300", "-c", "fsync=off", "-c", "synchronous_commit=off",
+             "-c", "full_page_writes=off"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=cluster, user=uid, group=gid,
+        )  # fmt: skip
+        handle = PostgresHandle(port=port, pid=proc.pid, folder=folder)
+        wait_until(lambda: _postgres_ready(handle, proc), 60, "postgres")
+        yield handle
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # "fast" shutdown: ends open sessions
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        log.close()
+        shutil.rmtree(cluster, ignore_errors=True)

@@ -2,14 +2,23 @@
 
 Sources, highest priority first: values passed by the CLI, ``DICOM_NODE_...``
 environment variables (``__`` separates nesting levels, e.g.
-``DICOM_NODE_SCP__PORT=11113``), the YAML file (``config/node.yaml`` or the
-file named by ``--config`` / ``DICOM_NODE_CONFIG``), then the defaults below.
-Every field has a default, and unknown keys are errors.
+``DICOM_NODE_SCP__PORT=11113``), secret files, the YAML file
+(``config/node.yaml`` or the file named by ``--config`` / ``DICOM_NODE_CONFIG``),
+then the defaults below. Every field has a default, and unknown keys are errors.
+
+Secret files keep secrets out of the YAML, the environment and every command
+line: a file named like the environment variable (``DICOM_NODE_WEB__SESSION_SECRET``)
+holds the value (JSON for a list, such as ``DICOM_NODE_WEB__USERS``). They are
+read from the folder ``DICOM_NODE_SECRETS_DIR`` names (``/run/secrets`` of
+compose, a mounted Kubernetes Secret) and from systemd's
+``CREDENTIALS_DIRECTORY`` (``LoadCredential=``).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -59,6 +68,7 @@ __all__ = [
     "WebUser",
     "WebhookSettings",
     "WorkerSettings",
+    "SecretFilesSource",
     "load_settings",
 ]
 
@@ -643,9 +653,24 @@ class LoginSettings(_Section):
 
 
 class WebSettings(_Section):
-    """The admin dashboard, its REST API and Prometheus metrics (served by ``serve``)."""
+    """The admin dashboard, its REST API and Prometheus metrics.
 
-    enabled: bool = Field(default=False, description="Serve the dashboard from dicom-node serve.")
+    ``dicom-node web serve`` runs them in a process of their own (compose,
+    Kubernetes and systemd do so); ``dicom-node serve`` runs them too when
+    ``enabled``, as a supervised child process by default.
+    """
+
+    enabled: bool = Field(
+        default=False,
+        description="Run the dashboard from dicom-node serve (see mode); 'dicom-node web serve' "
+        "runs it on its own whatever this says.",
+    )
+    mode: Literal["process", "thread"] = Field(
+        default="process",
+        description="How serve runs the dashboard: 'process', a child process that serve "
+        "restarts if it dies, so a crash or a memory blow-up there never reaches the DICOM "
+        "receiver; 'thread', inside serve's own process (embedding, small tests).",
+    )
     host: str = Field(default="127.0.0.1", description="Address the dashboard listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP(S) port (0 picks one).")
     session_secret: SecretStr = Field(
@@ -670,9 +695,6 @@ class WebSettings(_Section):
     worker_ping_timeout_s: float = Field(
         default=1.0, gt=0, le=10, description="How long to wait for workers to answer a ping."
     )
-    log_format: Literal["text", "json"] = Field(
-        default="text", description="Log lines as text or as JSON objects (one per line)."
-    )
     tls: WebTlsSettings = Field(default_factory=WebTlsSettings, description="HTTPS.")
     demo: bool = Field(
         default=False, description="Demo mode: placeholder secrets allowed. Never in production."
@@ -695,11 +717,58 @@ class WebSettings(_Section):
         return self
 
 
+#: Prefix of the environment variables and of the secret files' names.
+ENV_PREFIX = "DICOM_NODE_"
+
+
+class SecretFilesSource(PydanticBaseSettingsSource):
+    """Settings from files named like their environment variables, one value per file.
+
+    Parameters
+    ----------
+    settings_cls : type[BaseSettings]
+        The settings class.
+    folders : list[pathlib.Path]
+        Folders to read; later ones win. Missing folders are skipped.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], folders: list[Path]) -> None:
+        super().__init__(settings_cls)
+        self.folders = folders
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # noqa: ARG002
+        """Unused: :meth:`__call__` reads every file at once."""
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        """The nested values of every ``DICOM_NODE_*`` file in the folders."""
+        values: dict[str, Any] = {}
+        for folder in self.folders:
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.iterdir()):
+                if not path.name.upper().startswith(ENV_PREFIX) or not path.is_file():
+                    continue
+                keys = path.name[len(ENV_PREFIX) :].lower().split("__")
+                text = path.read_text(encoding="utf-8").rstrip("\r\n")
+                value: Any = json.loads(text) if text[:1] in "[{" and text else text
+                target = values
+                for key in keys[:-1]:
+                    target = target.setdefault(key, {})
+                target[keys[-1]] = value
+        return values
+
+
+def _secret_folders() -> list[Path]:
+    names = (os.environ.get("CREDENTIALS_DIRECTORY"), os.environ.get("DICOM_NODE_SECRETS_DIR"))
+    return [Path(name) for name in names if name]
+
+
 class Settings(BaseSettings):
     """The whole node configuration."""
 
     model_config = SettingsConfigDict(
-        env_prefix="DICOM_NODE_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
@@ -734,8 +803,21 @@ class Settings(BaseSettings):
         default_factory=RetentionSettings, description="Spool clean-up."
     )
     audit: AuditSettings = Field(default_factory=AuditSettings, description="Audit trail.")
+    database_auto_upgrade: bool = Field(
+        default=True,
+        description="Bring the state DB's schema to this version at start (under a lock, safe "
+        "with several processes); false: run 'dicom-node db upgrade' yourself, and a process "
+        "refuses an older schema.",
+    )
     job_poll_seconds: float = Field(default=1.0, gt=0, description="Job/export loop period.")
-    log_level: str = Field(default="INFO", description="Logging level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Logging level of serve, web serve and worker."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines as text or as JSON objects (one per line, with job and study "
+        "tag as fields), for serve, web serve and worker.",
+    )
 
     @property
     def audit_path(self) -> Path:
@@ -756,8 +838,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
         file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Order the sources: CLI values, environment, YAML, defaults."""
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        """Order the sources: CLI values, environment, secret files, YAML, defaults."""
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            SecretFilesSource(settings_cls, _secret_folders()),
+        ]
         if cls.yaml_file is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls.yaml_file))
         return tuple(sources)

@@ -221,6 +221,7 @@ class Supervisor:
                 pipeline_version=job.pipeline_version,
                 inputs=list(job.inputs),
                 output_dir=self.spool.relative(self.spool.job_dir(job.id)),
+                study_tag=study_tag(job.study_uid),
             )
             try:
                 task_id = send_job(

@@ -61,6 +61,9 @@ class JobRequest(BaseModel):
     pipeline_version: str = Field(description="Version the node routed with.")
     inputs: list[str] = Field(min_length=1, description="Spool-relative paths of the instances.")
     output_dir: str = Field(description="Spool-relative folder for the results.")
+    study_tag: str = Field(
+        default="", description="The study's short tag (never its UID), for the worker's logs."
+    )
 
 
 class OutputObject(BaseModel):

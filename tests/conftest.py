@@ -1,12 +1,13 @@
 """Session fixtures: the real companion servers, started once per test session.
 
-Each fixture starts the real binary (redis-server, Orthanc) in a temporary
-folder on a free port, waits until it answers, and stops it by its PID.
+Each fixture starts the real binary (redis-server, Orthanc, PostgreSQL) in a
+temporary folder on a free port, waits until it answers, and stops it by its PID.
 """
 
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Iterator
 from typing import Literal
 
@@ -14,7 +15,14 @@ import pydicom
 import pytest
 import redis
 
-from dicom_node.services import OrthancHandle, RedisHandle, run_orthanc, run_redis
+from dicom_node.services import (
+    OrthancHandle,
+    PostgresHandle,
+    RedisHandle,
+    run_orthanc,
+    run_postgres,
+    run_redis,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +62,31 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancHandle]
     """A real Orthanc (Debian package) as the archive, for the whole session."""
     with run_orthanc(tmp_path_factory.mktemp("orthanc")) as handle:
         yield handle
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresHandle]:
+    """A real PostgreSQL server (Debian package) for the whole session."""
+    with run_postgres(tmp_path_factory.mktemp("postgres")) as handle:
+        yield handle
+
+
+def new_postgres_database(server: PostgresHandle) -> str:
+    """A fresh, empty database on the session's server; its SQLAlchemy URL.
+
+    The name is random: test modules import this module under a second name, so a
+    counter here would count twice from 1.
+    """
+    return server.create_database(f"state_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An empty state DB, once on SQLite and once on PostgreSQL (``database_url``)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('state') / 'state.db'}"
+    server: PostgresHandle = request.getfixturevalue("postgres_server")
+    return new_postgres_database(server)
 
 
 @pytest.fixture(params=["pynetdicom", "builtin"])

@@ -14,17 +14,23 @@ from __future__ import annotations
 import logging
 import os
 
-from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery import Celery, bootsteps
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_init,
+    worker_process_init,
+)
 
 from dicom_node.broker import celery_config
+from dicom_node.logs import decorate_handlers
 from dicom_node.settings import Settings
 from pipelines.spec import load_pipeline_specs
 from worker.tasks import register_tasks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["make_celery", "preload_compute"]
+__all__ = ["NodeInfo", "make_celery", "preload_compute"]
 
 
 def preload_compute(device: str) -> None:
@@ -45,6 +51,27 @@ def preload_compute(device: str) -> None:
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import pipelines.run  # noqa: F401  (torch and MONAI: paid once, shared by every fork)
+
+
+class NodeInfo(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Adds what the node's dashboard shows to the worker's ``stats`` answer.
+
+    One broadcast then tells the dashboard each worker's device and queues
+    (``{"dicom_node": {"device": "cuda:0", "queues": ["gpu"]}}``). A start-stop
+    step, because Celery gathers ``info`` from those only.
+    """
+
+    def info(self, worker: object) -> dict[str, object]:
+        """This worker's device and the queues it consumes."""
+        app = getattr(worker, "app", None)
+        consumed = app.amqp.queues.consume_from if app is not None else None
+        settings: Settings | None = app.conf.dicom_node_settings if app is not None else None
+        return {
+            "dicom_node": {
+                "device": settings.worker.device if settings is not None else "unknown",
+                "queues": sorted(consumed or []),
+            }
+        }
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -73,6 +100,7 @@ def make_celery(settings: Settings) -> Celery:
         dicom_node_settings=settings,
     )
     register_tasks(app)
+    app.steps["worker"].add(NodeInfo)
     concurrency = settings.worker.concurrency
     device = settings.worker.device
 
@@ -93,4 +121,11 @@ def make_celery(settings: Settings) -> Celery:
 
     worker_init.connect(_preload, weak=False)
     worker_process_init.connect(_init_pool_process, weak=False)
+
+    def _decorate(logger: logging.Logger, **_: object) -> None:
+        """Celery's own handlers get the node's log format and the job/study fields."""
+        decorate_handlers(logger, settings.log_format)
+
+    after_setup_logger.connect(_decorate, weak=False)
+    after_setup_task_logger.connect(_decorate, weak=False)
     return app

@@ -16,7 +16,8 @@ from typing import Any
 from celery import Celery, Task
 from celery.utils.log import get_task_logger
 
-from dicom_node.broker import RUN_JOB_TASK
+from dicom_node.broker import CHECK_PIPELINES_TASK, RUN_JOB_TASK
+from dicom_node.logs import log_context
 from dicom_node.settings import Settings
 from pipelines.errors import PipelineError
 from pipelines.manifest import (
@@ -30,7 +31,7 @@ from pipelines.manifest import (
 from pipelines.spec import PipelineSpec, load_pipeline_specs
 from pipelines.steps import describe_failure
 
-__all__ = ["execute_job", "register_tasks"]
+__all__ = ["check_pipelines", "execute_job", "register_tasks"]
 
 logger = get_task_logger(__name__)
 
@@ -152,6 +153,58 @@ def execute_job(settings: Settings, request: JobRequest) -> JobManifest:
     return manifest
 
 
+def check_pipelines(settings: Settings, names: list[str]) -> dict[str, Any]:
+    """Load each named pipeline's model as a job would; say which load (``dicom-node doctor``).
+
+    Parameters
+    ----------
+    settings : Settings
+        Pipeline folder and this worker's device.
+    names : list[str]
+        Pipelines whose queue this worker consumes.
+
+    Returns
+    -------
+    dict[str, Any]
+        ``device`` (e.g. ``cpu``, ``cuda:0``), ``gpu`` (the GPU's name or ""), and
+        ``pipelines``: name to ``[loaded, reason]``.
+    """
+    import torch  # workers only
+
+    from pipelines.models import classifier, segmenter
+    from pipelines.spec import TaskKind
+
+    results: dict[str, list[object]] = {}
+    try:
+        specs = _specs(settings.pipelines_dir.resolve())
+    except PipelineError as exc:
+        specs, failure = {}, exc.reason
+    else:
+        failure = "not configured on this worker"
+    for name in names:
+        spec = specs.get(name)
+        if spec is None:
+            results[name] = [False, failure]
+            continue
+        try:
+            if spec.task is TaskKind.CLASSIFICATION:
+                classifier(spec)
+            else:
+                segmenter(spec)
+        except PipelineError as exc:
+            results[name] = [False, exc.reason]
+        except Exception as exc:  # a task is a process edge: a model that does not load
+            results[name] = [False, f"model did not load: {type(exc).__name__}: {exc}"[:300]]
+        else:
+            results[name] = [True, f"{spec.name} {spec.version} loaded"]
+    cuda = torch.cuda.is_available()
+    return {
+        "device": settings.worker.device,
+        "gpu": torch.cuda.get_device_name(0) if cuda else "",
+        "pipelines": results,
+    }
+
+
 def register_tasks(app: Celery) -> None:
     """Register the worker's tasks on an app built by :func:`worker.app.make_celery`."""
 
@@ -159,5 +212,12 @@ def register_tasks(app: Celery) -> None:
     def run_job(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
         request = JobRequest.model_validate(payload)
         settings: Settings = self.app.conf.dicom_node_settings
-        manifest = execute_job(settings, request)
+        with log_context(job=request.job_id, study=request.study_tag or None):
+            manifest = execute_job(settings, request)
         return manifest.model_dump(mode="json", include={"job_id", "status", "reason"})
+
+    @app.task(name=CHECK_PIPELINES_TASK, bind=True)  # type: ignore[untyped-decorator]
+    def check_pipelines_task(self: Task, names: list[str]) -> dict[str, Any]:
+        answer = check_pipelines(self.app.conf.dicom_node_settings, names)
+        answer["worker"] = str(self.request.hostname or socket.gethostname())
+        return answer

@@ -9,14 +9,18 @@ import click
 
 from dicom_node import __version__
 from dicom_node.cli.config_cmd import config_group
+from dicom_node.cli.db_cmd import db_group
 from dicom_node.cli.demo import demo
+from dicom_node.cli.doctor import doctor
 from dicom_node.cli.echo import echo_cmd
+from dicom_node.cli.health import health
 from dicom_node.cli.retry import retry
 from dicom_node.cli.send import send
 from dicom_node.cli.serve import serve
 from dicom_node.cli.status import status
 from dicom_node.cli.web_cmd import web_group
 from dicom_node.cli.worker import worker
+from dicom_node.errors import NodeError
 from dicom_node.log_privacy import keep_values_out_of_logs, safe_exception
 
 __all__ = ["cli", "main"]
@@ -37,6 +41,9 @@ cli.add_command(send)
 cli.add_command(retry)
 cli.add_command(echo_cmd)
 cli.add_command(config_group)
+cli.add_command(db_group)
+cli.add_command(doctor)
+cli.add_command(health)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except click.ClickException as exc:
         exc.show()
+        return 1
+    except NodeError as exc:  # a deliberate refusal (e.g. a state DB schema too old)
+        print(f"Error: {exc.reason}", file=sys.stderr)
         return 1
     except Exception as exc:  # the CLI is a process edge: a reason, never a raw traceback
         logging.getLogger("dicom_node.cli").exception("dicom-node failed")

@@ -32,7 +32,6 @@ from pydicom.dataset import Dataset
 from dicom_node.cli.options import configure_logging
 from dicom_node.export import echo, send_files
 from dicom_node.node import Node
-from dicom_node.phantom import ChestPhantom
 from dicom_node.result_summary import segment_labels, sr_measurements
 from dicom_node.services import (
     ServiceError,
@@ -215,6 +214,8 @@ def demo(
             click.echo(f"worker: started (log {folder / 'worker.log'})")
 
             t0 = time.monotonic()
+            from dicom_node.phantom import ChestPhantom  # scipy: the worker extra's
+
             phantom = ChestPhantom(slices=slices)
             study = phantom.write(folder / "phantom")
             click.echo(

@@ -18,15 +18,18 @@ absolute paths.
 from __future__ import annotations
 
 import logging
-import sys
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
 from pydantic import ValidationError
 
 from dicom_node.log_privacy import keep_values_out_of_logs
+from dicom_node.logs import LogFormat, setup_logging
 from dicom_node.settings import Settings, load_settings
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "configure_logging",
     "find_config",
     "require_spool",
+    "stop_on_signals",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,8 +68,10 @@ def common_options(func: F) -> F:
     return click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")(func)
 
 
-def configure_logging(verbose: int, quiet: bool, default: str = "INFO") -> None:
-    """Log to stderr without values; pynetdicom's chatter stays at WARNING unless -vvv.
+def configure_logging(
+    verbose: int, quiet: bool, default: str = "INFO", log_format: LogFormat = "text"
+) -> None:
+    """Log to stderr at ``default`` (``log_level``), without values; ``-q``/``-v`` override it.
 
     Every record of the process, from any library, goes through
     :func:`dicom_node.log_privacy.keep_values_out_of_logs`: warnings and
@@ -77,18 +83,11 @@ def configure_logging(verbose: int, quiet: bool, default: str = "INFO") -> None:
         if quiet
         else logging.DEBUG
         if verbose >= 2
+        else logging.INFO
+        if verbose == 1
         else logging.getLevelName(default)
     )
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
-    # highdicom logs the UIDs of the source images it copies from at INFO: UIDs name
-    # studies, and logs name a study only by its tag (DESIGN.md promise 5).
-    logging.getLogger("highdicom").setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
+    setup_logging(level, log_format, debug_libraries=verbose >= 3)
     # pydicom logs each invalid value it reads at WARNING and warns about it too
     # (warn_and_log): the warning alone reaches the log, once per place, as a category.
     logging.getLogger("pydicom").setLevel(logging.DEBUG if verbose >= 3 else logging.ERROR)
@@ -174,3 +173,16 @@ def require_spool(settings: Settings, config: Path | None) -> None:
         "machine from its folder, or name its configuration with --config or "
         "DICOM_NODE_CONFIG"
     )
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets: a long-running command's way to stop cleanly."""
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    return stop

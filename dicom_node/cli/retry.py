@@ -35,7 +35,7 @@ def retry(config: Path | None, verbose: int, quiet: bool, job_id: int) -> int:
     configure_logging(verbose, quiet, default="WARNING")
     settings = build_settings(config)
     require_spool(settings, config)
-    state = StateDB(settings.state_db_url)
+    state = StateDB(settings.state_db_url, upgrade=settings.database_auto_upgrade)
     audit = open_audit(settings)
     who = f"{getpass.getuser()} (cli)"
     job = state.job(job_id)

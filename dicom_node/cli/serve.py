@@ -1,20 +1,24 @@
-"""``dicom-node serve``: receive studies, route them, dispatch jobs, export results."""
+"""``dicom-node serve``: receive studies, route them, dispatch jobs, export results.
+
+With ``web.enabled`` it also runs the dashboard, in a child process by default
+(``web.mode``); ``dicom-node web serve`` runs the dashboard on its own instead.
+"""
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 
 import click
 
-from dicom_node.cli.options import build_settings, common_options, configure_logging
+from dicom_node.cli.options import (
+    build_settings,
+    common_options,
+    configure_logging,
+    stop_on_signals,
+)
+from dicom_node.errors import NodeError
 from dicom_node.node import Node
 from pipelines.errors import PipelineConfigError
-
-logger = logging.getLogger(__name__)
 
 
 @click.command()
@@ -22,26 +26,15 @@ logger = logging.getLogger(__name__)
 @click.option("--port", type=int, default=None, help="Override scp.port.")
 def serve(config: Path | None, verbose: int, quiet: bool, port: int | None) -> int:
     """Run the node until SIGTERM or SIGINT."""
-    configure_logging(verbose, quiet)
     settings = build_settings(config)
-    if settings.web.log_format == "json":
-        from dicom_node.web.jsonlog import use_json_logs
-
-        use_json_logs()
+    configure_logging(verbose, quiet, settings.log_level, settings.log_format)
     if port is not None:
         settings.scp.port = port
     try:
         node = Node(settings)
-    except PipelineConfigError as exc:
+    except (PipelineConfigError, NodeError) as exc:
         raise click.ClickException(exc.reason) from exc
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        logger.info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop = stop_on_signals()
     handle = node.start()
     # A line on stdout tells a supervisor (or a test) the port actually bound.
     click.echo(f"listening {handle.host}:{handle.port}", nl=True)

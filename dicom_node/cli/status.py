@@ -57,7 +57,7 @@ def local_overview(config: Path | None) -> OverviewPublic:
 
     settings = build_settings(config)
     require_spool(settings, config)
-    state = StateDB(settings.state_db_url)
+    state = StateDB(settings.state_db_url, upgrade=settings.database_auto_upgrade)
     queries = StateQueries(state)
     probe = BrokerProbe(
         settings.broker, queue_names(settings, None), settings.web.worker_ping_timeout_s

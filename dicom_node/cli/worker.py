@@ -93,8 +93,8 @@ def worker(
     name: str | None,
 ) -> int:
     """Run pipeline workers: one pinned process per GPU, or CPU processes where none."""
-    configure_logging(verbose, quiet)
     settings = build_settings(config)
+    configure_logging(verbose, quiet, settings.log_level, settings.log_format)
     queue_list = queues.split(",") if queues else list(settings.worker.queues)
     if settings.worker.device == "cpu":
         try:

@@ -25,17 +25,17 @@ logger = logging.getLogger(__name__)
 
 def _receiver_main(settings: Settings, port: int, log_level: int) -> None:
     """Entry point of one extra receiver process (spawned, imports no torch)."""
+    from dicom_node.logs import setup_logging
     from dicom_node.scp.receiver import Receiver
     from dicom_node.spool import Spool
     from dicom_node.state import StateDB
 
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    setup_logging(log_level, settings.log_format)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     scp = settings.scp.model_copy(update={"port": port})
-    state = StateDB(settings.state_db_url)
+    state = StateDB(settings.state_db_url, upgrade=settings.database_auto_upgrade)
     receiver = Receiver(
         scp, settings.stability, Spool(settings.spool_dir, scp.min_free_bytes), state
     )

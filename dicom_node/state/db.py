@@ -4,7 +4,9 @@ SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL``, so a
 committed row survives a power cut, and every transaction starts with
 ``BEGIN IMMEDIATE``, so concurrent writers (SCP threads, the supervisor loop,
 several SCP processes) queue on the busy timeout instead of failing on a lock
-upgrade. Any other SQLAlchemy URL (PostgreSQL) works unchanged.
+upgrade. PostgreSQL (``postgresql+psycopg://``) runs the same statements: the
+test suite runs the state DB's tests and the end-to-end flow on both. The
+schema is Alembic's (:mod:`dicom_node.state.migrate`), never ``create_all``.
 
 Rows leave this module as frozen dataclasses, never as live ORM objects.
 """
@@ -34,10 +36,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.routing_reasons import Outcome, SeriesVerdict
+from dicom_node.state import migrate
 from dicom_node.state.schema import (
     TERMINAL_JOB_STATES,
     Association,
-    Base,
     Export,
     ExportState,
     Instance,
@@ -62,6 +64,7 @@ __all__ = [
     "StateDB",
     "input_hash",
     "job_view",
+    "make_engine",
 ]
 
 
@@ -243,36 +246,72 @@ def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def make_engine(url: str, *, writer: bool) -> Engine:
+    """An engine on the state DB, set up for its dialect.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL.
+    writer : bool
+        On SQLite, True begins every transaction with ``BEGIN IMMEDIATE`` (writers
+        queue on the lock), False makes the connection read-only.
+
+    Returns
+    -------
+    sqlalchemy.engine.Engine
+        The engine; dispose of it when done.
+    """
+    is_sqlite = url.startswith("sqlite")
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
+        pool_pre_ping=not is_sqlite,
+    )
+    if is_sqlite:
+        _configure_sqlite(engine, immediate=writer)
+    return engine
+
+
 class StateDB:
     """Access to the state database.
 
     Parameters
     ----------
     url : str
-        SQLAlchemy URL, e.g. ``sqlite:///var/spool/state.db`` or a PostgreSQL URL.
+        SQLAlchemy URL, e.g. ``sqlite:///var/spool/state.db`` or
+        ``postgresql+psycopg://user@host/db``.
+    upgrade : bool
+        Bring the schema to this version's head first (under a lock, see
+        :mod:`dicom_node.state.migrate`); False refuses an older schema instead.
+
+    Raises
+    ------
+    SchemaOutOfDate
+        If ``upgrade`` is False and the schema is not at the head revision.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, upgrade: bool = True) -> None:
         self.url = url
-        is_sqlite = url.startswith("sqlite")
-        self.engine = create_engine(
-            url,
-            connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
-            pool_pre_ping=not is_sqlite,
-        )
+        self.engine = make_engine(url, writer=True)
         #: Reads that must not queue behind writers (C-STORE duplicate checks, the
         #: dashboard) use this engine: deferred BEGIN, and read-only on SQLite.
-        self.read_engine = create_engine(
-            url,
-            connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
-            pool_pre_ping=not is_sqlite,
-        )
-        if is_sqlite:
-            _configure_sqlite(self.engine, immediate=True)
-            _configure_sqlite(self.read_engine, immediate=False)
+        self.read_engine = make_engine(url, writer=False)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._job_listeners: list[JobListener] = []
-        Base.metadata.create_all(self.engine)
+        if upgrade:
+            migrate.upgrade(self.engine)
+        else:
+            self._require_head()
+
+    def _require_head(self) -> None:
+        current, head = migrate.current_revision(self.engine), migrate.head_revision()
+        if current != head:
+            self.close()
+            raise migrate.SchemaOutOfDate(
+                f"the state DB's schema is at revision {current or 'none'}, this node needs "
+                f"{head}: run 'dicom-node db upgrade'"
+            )
 
     def add_job_listener(self, listener: JobListener) -> None:
         """Call ``listener`` in the transaction of every job state change (:data:`JobListener`)."""

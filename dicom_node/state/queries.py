@@ -626,14 +626,18 @@ class StateQueries:
                 conn.execute(select(func.coalesce(func.sum(Association.failures), 0))).scalar_one()
             )
 
-    def failed_exports(self) -> dict[str, int]:
-        """Per destination: objects given up on now (export rows FAILED, or cancelled)."""
+    def exports_in_state(self, state: ExportState) -> dict[str, int]:
+        """Per destination, export rows in ``state``.
+
+        PENDING is the backlog still to send; FAILED, the objects given up on
+        (out of attempts, or cancelled) until an admin retries them.
+        """
         with self._engine.connect() as conn:
             return {
                 str(destination): int(count)
                 for destination, count in conn.execute(
                     select(Export.destination, func.count(Export.id))
-                    .where(Export.state == ExportState.FAILED)
+                    .where(Export.state == state)
                     .group_by(Export.destination)
                 )
             }

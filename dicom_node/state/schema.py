@@ -2,6 +2,9 @@
 
 The state DB and the spool are the truth (DESIGN.md promise 2); Redis only
 carries messages. Only :mod:`dicom_node` writes these tables.
+
+Every change here needs a migration in ``migrations/versions`` (a test compares
+the migrated schema with these models, on SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -111,7 +115,7 @@ class Study(Base):
     study_date: Mapped[str] = mapped_column(String(8), default="")
     # Retention: when the received instances were removed, and how many bytes that freed.
     purged_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
-    purged_bytes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    purged_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     __table_args__ = (Index("ix_studies_state", "state"),)
 
@@ -138,7 +142,8 @@ class Instance(Base):
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
-    size: Mapped[int] = mapped_column(Integer)
+    # 64-bit (migration 0002): PostgreSQL's integer stops at 2 GiB.
+    size: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow, index=True)
     association_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Retention removed the file; the row stays for the history and the counters.
@@ -157,7 +162,7 @@ class Association(Base):
     started_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     ended_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
     instances: Mapped[int] = mapped_column(Integer, default=0)
-    bytes: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     outcome: Mapped[str] = mapped_column(String(16), default="open")
 

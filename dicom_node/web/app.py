@@ -155,7 +155,11 @@ def create_app(
     node_spool = (
         spool if spool is not None else Spool(settings.spool_dir, settings.scp.min_free_bytes)
     )
-    db = state if state is not None else StateDB(settings.state_db_url)
+    db = (
+        state
+        if state is not None
+        else StateDB(settings.state_db_url, upgrade=settings.database_auto_upgrade)
+    )
     queues = queue_names(settings, pipelines)
     ctx = WebContext(
         settings=settings,

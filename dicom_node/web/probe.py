@@ -39,6 +39,8 @@ class WorkerInfo:
     hostname: str
     device: str
     processes: int | None
+    #: Queues it consumes.
+    queues: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +210,7 @@ class BrokerProbe:
                         hostname=name,
                         device=worker_device(name, stats or {}),
                         processes=_processes(stats or {}),
+                        queues=_queues(stats or {}),
                     )
                     for name, stats in sorted(replies.items())
                 ),
@@ -218,6 +221,13 @@ class BrokerProbe:
         with self._lock:
             self._workers = (time.monotonic(), seen)
         return seen
+
+
+def _queues(stats: Mapping[str, Any]) -> tuple[str, ...]:
+    """The queues a worker reported (:class:`worker.app.NodeInfo`); () if it did not."""
+    custom = stats.get("dicom_node")
+    queues = custom.get("queues") if isinstance(custom, Mapping) else None
+    return tuple(str(q) for q in queues) if isinstance(queues, list) else ()
 
 
 def _processes(stats: Mapping[str, Any]) -> int | None:

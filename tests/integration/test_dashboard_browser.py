@@ -22,6 +22,7 @@ import redis
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from dicom_node.phantom import ChestPhantom
+from dicom_node.phi import study_tag
 from dicom_node.services import OrthancHandle, orthanc_study_objects, wait_until
 from dicom_node.state import JobState, StateDB
 from dicom_node.web.auth import hash_password
@@ -82,11 +83,11 @@ def test_admin_follows_a_study_and_retries_a_failure(
             "port": 0,
             "session_secret": "browser-test-secret-0123456789",
             "worker_ping_timeout_s": 0.5,
-            "log_format": "json",
             "users": [
                 {"name": "admin", "password_hash": hash_password(ADMIN_PASSWORD), "role": "admin"}
             ],
         },
+        log_format="json",
     )
     good = PHANTOM.write(tmp_path / "good", patient_name=SENTINEL, accession_number="ACC-DASH-1")
     bad = PHANTOM.write(tmp_path / "bad", accession_number="ACC-DASH-2")
@@ -201,6 +202,7 @@ def test_admin_follows_a_study_and_retries_a_failure(
         metrics = page.request.get(f"{url}/metrics").text()
         assert "dicom_node_instances_received_total 80.0" in metrics
         assert 'dicom_node_workers{device="cpu"} 1.0' in metrics
+        assert 'dicom_node_queue_workers{queue="cpu"} 1.0' in metrics
         page.close()
         state.close()
     log = node.log_path.read_text(errors="replace")
@@ -211,4 +213,11 @@ def test_admin_follows_a_study_and_retries_a_failure(
     assert any(message.startswith("POST /jobs/{job_id}/retry 303") for message in access)
     for secret in ("ACC-DASH-1", SENTINEL, ADMIN_PASSWORD):
         assert secret not in log
+    # The worker logs JSON too, each line of a job carrying the job and the study's tag.
+    worker_log = (tmp_path / "worker.log").read_text(errors="replace")
+    lines = [json.loads(line) for line in worker_log.splitlines() if line.startswith("{")]
+    of_good_job = [line for line in lines if line.get("job") == good_job]
+    assert of_good_job, "no worker line carries the job's ID"
+    assert {line["study"] for line in of_good_job} == {study_tag(good.study_uid)}
+    assert SENTINEL not in worker_log
     assert redis.Redis.from_url(broker_url).ping()

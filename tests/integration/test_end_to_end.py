@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import redis
 
 from dicom_node.phantom import ChestPhantom, PhantomStudy
 from dicom_node.result_summary import segment_labels, sr_measurements
 from dicom_node.services import OrthancHandle, RedisHandle, orthanc_study_objects, wait_until
 from dicom_node.state import JobState, StateDB
+from tests.conftest import new_postgres_database
 from tests.judges import dciodvfy_errors
 from tests.node_process import run_node, run_worker, storescu, write_config
 
@@ -27,23 +29,37 @@ SENTINEL = "SENTINEL^PHI^7Q3Z"
 LABEL_KEYS = {"Body": "body", "Right lung": "right_lung", "Left lung": "left_lung"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def delivered(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisHandle, orthanc: OrthancHandle
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: RedisHandle,
+    orthanc: OrthancHandle,
 ) -> tuple[PhantomStudy, dict[str, pydicom.Dataset], Path]:
-    """Send the phantom through the real node and worker; return what reached Orthanc."""
-    folder = tmp_path_factory.mktemp("e2e")
+    """Send the phantom through the real node and worker; return what reached Orthanc.
+
+    Once with the state DB on SQLite (in the spool), once on PostgreSQL.
+    """
+    folder = tmp_path_factory.mktemp(f"e2e-{request.param}")
     study = ChestPhantom(slices=100).write(
         folder / "phantom", patient_name=SENTINEL, patient_id="SENTINEL-ID-91"
     )
+    database_url = f"sqlite:///{folder / 'spool' / 'state.db'}"
+    if request.param == "postgresql":
+        database_url = new_postgres_database(request.getfixturevalue("postgres_server"))
     # A database of its own on the shared Redis (module scope: no broker_url fixture).
-    config = write_config(folder, redis_server.db_url(15), orthanc.dicom_port)
+    broker = redis.Redis(port=redis_server.port, db=15)
+    broker.flushdb()
+    broker.close()
+    config = write_config(
+        folder, redis_server.db_url(15), orthanc.dicom_port, database_url=database_url
+    )
     with run_node(config) as node, run_worker(config):
         sent = storescu(node.port, folder / "phantom")
         assert sent.returncode == 0, sent.stderr
 
         found: dict[str, pydicom.Dataset] = {}
-        state = StateDB(f"sqlite:///{node.spool_dir / 'state.db'}")
+        state = StateDB(database_url)
 
         def results_arrived() -> bool:
             failed = state.jobs([JobState.FAILED, JobState.SKIPPED])

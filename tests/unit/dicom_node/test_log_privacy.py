@@ -31,10 +31,7 @@ PROGRAM = textwrap.dedent(
     from dicom_node.cli.options import configure_logging
     from dicom_node.phantom import ChestPhantom
 
-    configure_logging(0, False)
-    if JSON:
-        from dicom_node.web.jsonlog import use_json_logs
-        use_json_logs()
+    configure_logging(0, False, log_format="json" if JSON else "text")
     log = logging.getLogger("dicom_node.test")
 
     # 1. pydicom reads a birth date written the ISO way: it warns, quoting it.

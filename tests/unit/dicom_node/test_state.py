@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -11,8 +10,9 @@ from dicom_node.state.schema import Study, utcnow
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Iterator[StateDB]:
-    db = StateDB(f"sqlite:///{tmp_path / 'state.db'}")
+def state(state_db_url: str) -> Iterator[StateDB]:
+    """A state DB on SQLite, then on PostgreSQL."""
+    db = StateDB(state_db_url)
     yield db
     db.close()
 

@@ -79,6 +79,7 @@ def test_counters_move_when_a_study_is_received(
     assert after[("dicom_node_broker_up", ())] == 1
     assert after[("dicom_node_queue_depth", (("queue", "cpu"),))] == 0
     assert after[("dicom_node_workers_online", ())] == 0
+    assert after[("dicom_node_queue_workers", (("queue", "cpu"),))] == 0
     # The overview counts the same arrivals.
     assert browser.get("/api/overview").json()["last_hour"]["instances"] == 8
 
@@ -124,14 +125,16 @@ def test_job_stage_histograms_and_failures_from_job_events(
 
     # An export that fails to the end counts per destination, and keeps counting after a retry.
     state.create_exports(failed_job.job_id, ["backup"], [("x.dcm", "1.2.3")], {})
+    assert scrape(browser)[("dicom_node_exports_pending", (("destination", "backup"),))] == 1
     (row,) = state.exports_of(failed_job.job_id)
     state.mark_export_failed(row.id, "refused", None)
     with state.session() as s:
         s.add(JobEvent(job_id=failed_job.job_id, state=JobState.FAILED,
                        detail="export to backup failed after 12 attempts: refused"))  # fmt: skip
     samples = scrape(browser)
-    assert samples[("dicom_node_export_failures_total", (("destination", "backup"),))] == 1
-    assert samples[("dicom_node_exports_failed", (("destination", "backup"),))] == 1
+    assert samples[("dicom_node_export_job_failures_total", (("destination", "backup"),))] == 1
+    assert samples[("dicom_node_exports_given_up", (("destination", "backup"),))] == 1
+    assert ("dicom_node_exports_pending", (("destination", "backup"),)) not in samples
     export_failures = (("cause", "export"), ("pipeline", "ct-body-lung"))
     assert samples[("dicom_node_job_failures_total", export_failures)] == 1
 

@@ -13,9 +13,9 @@ import yaml
 from fastapi import FastAPI
 
 from dicom_node.cli import main
+from dicom_node.logs import JsonFormatter
 from dicom_node.settings import Settings
 from dicom_node.web import create_app, start_web_server
-from dicom_node.web.jsonlog import JsonFormatter
 from dicom_node.web.models import OverviewPublic
 from dicom_node.web.server import WebServerHandle
 from tests.unit.web.conftest import PASSWORDS

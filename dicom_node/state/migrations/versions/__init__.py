@@ -1,0 +1,1 @@
+"""Schema revisions, oldest first: ``0001`` is the schema the node had before Alembic."""
