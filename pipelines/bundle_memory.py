@@ -1,0 +1,415 @@
+"""Keep a bundle's run within a memory budget on a CPU worker, or refuse it up front.
+
+A sliding-window segmentation keeps one full-size buffer per output channel:
+``wholeBody_ct_segmentation`` at 1.5 mm stitches 105 channels, 6.9 GB for 99
+slices in float32, and its postprocessing (softmax, argmax) copies that again. A
+worker killed by the kernel for it loses the job without a reason. With
+``model.memory_budget_mb`` set, :func:`plan` estimates the peak from the
+preprocessed shape before the network runs, and chooses:
+
+1. **float32 as the bundle says**, if that fits;
+2. else **half-precision stitching**: the sliding window still runs the network in
+   float32 on each window, but the stitched output, its weights and counts are
+   float16 (MONAI stitches in the input's dtype), which halves the buffer;
+3. and **postprocessing by parts**: a postprocessing that is only
+   ``Activationsd`` (softmax / sigmoid), ``AsDiscreted(argmax)`` and ``Invertd`` on
+   ``pred`` runs on slabs of the buffer in place (softmax per slab, argmax per
+   slab into a small integer label map; ``Invertd`` of many channels a few
+   channels at a time with a running argmax), so no second full-size copy is made.
+   The result equals the bundle's own postprocessing (a test compares them);
+4. if even that does not fit, the job FAILS before the network runs, with the
+   estimate and the budget in the reason.
+
+Without a budget nothing changes: the bundle runs exactly as configured. On a GPU
+(``device`` not the CPU) the plan is not applied: GPU memory is not this budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from monai.data.meta_tensor import MetaTensor
+from monai.inferers.inferer import Inferer, SlidingWindowInferer
+from monai.transforms.compose import Compose
+from monai.transforms.post.dictionary import Activationsd, AsDiscreted, Invertd
+
+from pipelines.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipelines.bundle import Bundle
+
+__all__ = ["MemoryPlan", "estimate_mb", "plan"]
+
+logger = logging.getLogger(__name__)
+
+_PRED_KEY = "pred"
+# Float32 values per voxel that a window's forward pass holds (activations of a
+# 3-D UNet/SegResNet with 16-32 filters, measured: bench/pipeline.py).
+_WINDOW_FLOATS_PER_VOXEL = 120
+# Channels inverted at a time when Invertd resamples probabilities by parts.
+_INVERT_CHUNK = 8
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPlan:
+    """How one run is carried out.
+
+    Attributes
+    ----------
+    half_stitching : bool
+        Stitch the sliding window's output in float16.
+    by_parts : bool
+        Run the postprocessing slab by slab / channel by channel.
+    estimate_mb : float
+        Expected peak of the run (beyond the process's baseline) in MiB.
+    """
+
+    half_stitching: bool = False
+    by_parts: bool = False
+    estimate_mb: float = 0.0
+
+    def infer(self, inferer: Inferer, batch: torch.Tensor, network: torch.nn.Module) -> Any:
+        """Run the inferer, stitching in float16 when the plan says so.
+
+        Parameters
+        ----------
+        inferer : monai.inferers.Inferer
+            The bundle's inferer.
+        batch : torch.Tensor
+            ``(1, C, *spatial)``.
+        network : torch.nn.Module
+            The network.
+
+        Returns
+        -------
+        Any
+            What the inferer returns.
+        """
+        if not self.half_stitching:
+            return inferer(batch, network)
+        # MONAI allocates the stitched output in the input's dtype; the network
+        # itself still sees float32 windows.
+        return inferer(batch.half(), _Float32Window(network))
+
+    def postprocess(self, postprocessing: Any, data: dict[str, Any]) -> dict[str, Any]:
+        """Run the postprocessing, by parts when the plan says so.
+
+        Parameters
+        ----------
+        postprocessing : Any
+            The parsed postprocessing (a ``Compose``) or None.
+        data : dict[str, Any]
+            ``image`` and ``pred``.
+
+        Returns
+        -------
+        dict[str, Any]
+            The postprocessed data.
+        """
+        if postprocessing is None:
+            return data
+        if self.by_parts and _streamable(postprocessing):
+            return run_by_parts(postprocessing, data)
+        pred = data.get(_PRED_KEY)
+        if isinstance(pred, torch.Tensor) and pred.dtype == torch.float16:
+            data = {**data, _PRED_KEY: pred.float()}
+        result = postprocessing(data)
+        return dict(result) if not isinstance(result, dict) else result
+
+
+class _Float32Window(torch.nn.Module):
+    """Run a network on float32 windows and hand float16 back for stitching."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = self.network(x.float())
+        if isinstance(out, torch.Tensor):
+            return out.half()
+        if isinstance(out, list | tuple):
+            return type(out)(o.half() if isinstance(o, torch.Tensor) else o for o in out)
+        return out
+
+
+def estimate_mb(
+    *,
+    channels: int,
+    preprocessed: tuple[int, ...],
+    original: tuple[int, ...],
+    roi_voxels: int,
+    sw_batch_size: int,
+    half: bool,
+    by_parts: bool,
+    invert_before_argmax: bool,
+) -> float:
+    """Expected peak memory (MiB) of one sliding-window segmentation run.
+
+    Parameters
+    ----------
+    channels : int
+        Output channels of the network.
+    preprocessed : tuple[int, ...]
+        Spatial shape after the bundle's preprocessing (where it stitches).
+    original : tuple[int, ...]
+        Spatial shape of the node's input (where ``Invertd`` brings the result back).
+    roi_voxels : int
+        Voxels of one window.
+    sw_batch_size : int
+        Windows run at once.
+    half : bool
+        Stitching in float16.
+    by_parts : bool
+        Postprocessing by parts.
+    invert_before_argmax : bool
+        ``Invertd`` resamples all channels before the argmax (spleen's order).
+
+    Returns
+    -------
+    float
+        MiB: stitched output, counts, input copies, one window's working set and
+        the postprocessing's largest temporary.
+    """
+    n_pre = math.prod(preprocessed)
+    n_orig = math.prod(original)
+    value = 2 if half else 4
+    stitched = channels * n_pre * value + n_pre * value  # output buffer and count map
+    inputs = n_pre * 4 + (n_pre * 2 if half else 0) + n_orig * 4
+    window = sw_batch_size * roi_voxels * 4 * _WINDOW_FLOATS_PER_VOXEL
+    if by_parts:
+        chunk = min(channels, _INVERT_CHUNK)
+        post = (
+            (n_orig * chunk * 4 + n_orig * 12) if invert_before_argmax else n_pre * 8 + n_orig * 8
+        )
+    else:
+        # Activation copies the buffer in float32; argmax makes int64; Invertd of C channels.
+        post = channels * n_pre * 4 + n_pre * 8
+        if invert_before_argmax:
+            post += channels * n_orig * 4
+    return float(stitched + inputs + window + post) / _MB
+
+
+def plan(bundle: Bundle, preprocessed: tuple[int, ...], original: tuple[int, ...]) -> MemoryPlan:
+    """Choose how to run one image within the bundle's memory budget.
+
+    Parameters
+    ----------
+    bundle : Bundle
+        The loaded bundle (its budget, inferer, postprocessing and output channels).
+    preprocessed : tuple[int, ...]
+        Shape ``(C, *spatial)`` after preprocessing.
+    original : tuple[int, ...]
+        Shape ``(C, *spatial)`` of the node's input.
+
+    Returns
+    -------
+    MemoryPlan
+        The cheapest plan that keeps the bundle's precision where it fits.
+
+    Raises
+    ------
+    PipelineError
+        If no plan fits the budget (the job fails before the network runs).
+    """
+    budget = bundle.memory_budget_mb
+    inferer = bundle._inferer  # noqa: SLF001 - the plan belongs to the bundle
+    if (
+        budget is None
+        or bundle.device.type != "cpu"
+        or not isinstance(inferer, SlidingWindowInferer)
+    ):
+        return MemoryPlan()
+    channels = _output_channels(bundle)
+    roi: Any = inferer.roi_size
+    roi_voxels = math.prod(int(r) for r in roi) if isinstance(roi, list | tuple) else int(roi) ** 3
+    post = bundle.postprocessing
+    spatial = tuple(int(s) for s in preprocessed[1:])
+    common: dict[str, Any] = {
+        "channels": channels,
+        "preprocessed": spatial,
+        "original": tuple(int(s) for s in original[1:]),
+        "roi_voxels": roi_voxels,
+        "sw_batch_size": int(inferer.sw_batch_size),
+        "invert_before_argmax": _invert_before_argmax(post),
+    }
+    streamable = post is None or _streamable(post)
+    options = [(False, False), (True, False)]
+    if streamable:
+        options += [(False, True), (True, True)]
+    estimates = []
+    for half, by_parts in options:
+        estimate = estimate_mb(half=half, by_parts=by_parts, **common)
+        estimates.append(estimate)
+        if estimate <= budget:
+            chosen = MemoryPlan(half_stitching=half, by_parts=by_parts, estimate_mb=estimate)
+            logger.info(
+                "bundle=%s memory plan half=%s by_parts=%s estimate=%.0fMiB budget=%dMiB",
+                bundle.name,
+                half,
+                by_parts,
+                estimate,
+                budget,
+            )
+            return chosen
+    raise PipelineError(
+        f"bundle {bundle.name!r} needs about {min(estimates):.0f} MiB for this series "
+        f"({channels} channels over {math.prod(spatial):,} voxels after its "
+        f"preprocessing), more than the memory budget of {budget} MiB; raise "
+        "model.memory_budget_mb on a larger worker, or lower the resolution (model.overrides)"
+    )
+
+
+def _output_channels(bundle: Bundle) -> int:
+    fmt = bundle.files.metadata.get("network_data_format", {}).get("outputs", {}).get(_PRED_KEY)
+    if isinstance(fmt, dict) and isinstance(fmt.get("num_channels"), int):
+        return int(fmt["num_channels"])
+    return max(len(bundle.labels), 1)
+
+
+def _invert_before_argmax(post: Any) -> bool:
+    if not isinstance(post, Compose):
+        return False
+    seen_invert = False
+    for transform in post.transforms:
+        if isinstance(transform, Invertd):
+            seen_invert = True
+        elif isinstance(transform, AsDiscreted) and any(transform.argmax):
+            return seen_invert
+    return False
+
+
+def _streamable(post: Any) -> bool:
+    """Whether the postprocessing is one the by-parts runner reproduces exactly."""
+    if not isinstance(post, Compose):
+        return False
+    for transform in post.transforms:
+        if list(getattr(transform, "keys", ())) != [_PRED_KEY]:
+            return False
+        if isinstance(transform, Activationsd):
+            softmax, sigmoid = bool(transform.softmax[0]), bool(transform.sigmoid[0])
+            if transform.other[0] is not None or softmax == sigmoid:
+                return False
+        elif isinstance(transform, AsDiscreted):
+            if (
+                not all(transform.argmax)
+                or any(transform.to_onehot)
+                or any(t is not None for t in transform.threshold)
+                or any(transform.rounding)
+            ):
+                return False
+        elif not isinstance(transform, Invertd):
+            return False
+    return True
+
+
+def run_by_parts(post: Compose, data: dict[str, Any]) -> dict[str, Any]:
+    """Run a streamable postprocessing slab by slab, without full-size copies.
+
+    Parameters
+    ----------
+    post : monai.transforms.Compose
+        ``Activationsd`` / ``AsDiscreted(argmax)`` / ``Invertd`` on ``pred``
+        (see :func:`_streamable`).
+    data : dict[str, Any]
+        ``image`` (the preprocessed image, for ``Invertd``) and ``pred``
+        ``(C, *spatial)``; ``pred`` is changed in place.
+
+    Returns
+    -------
+    dict[str, Any]
+        The data with the postprocessed ``pred``.
+    """
+    pred: torch.Tensor = data[_PRED_KEY]
+    transforms = list(post.transforms)
+    index = 0
+    while index < len(transforms):
+        transform = transforms[index]
+        if isinstance(transform, Activationsd):
+            _activate_in_place(pred, softmax=bool(transform.softmax[0]))
+        elif isinstance(transform, AsDiscreted):
+            pred = _argmax_by_slabs(pred)
+        elif isinstance(transform, Invertd):
+            follows_argmax = index + 1 < len(transforms) and isinstance(
+                transforms[index + 1], AsDiscreted
+            )
+            if pred.shape[0] > 1 and follows_argmax:
+                pred = _invert_with_running_argmax(transform, data, pred)
+                index += 1  # the argmax is done
+            else:
+                result = transform(_with_pred(data, pred))
+                pred = result[_PRED_KEY]
+        index += 1
+    return {**data, _PRED_KEY: pred}
+
+
+def _slabs(length: int, size: int) -> range:
+    return range(0, length, max(1, size))
+
+
+def _activate_in_place(pred: torch.Tensor, *, softmax: bool) -> None:
+    """Softmax (over channels) or sigmoid, slab by slab along the last axis, in place."""
+    raw = pred.as_tensor() if isinstance(pred, MetaTensor) else pred
+    step = max(1, raw.shape[-1] // 16)
+    for start in _slabs(raw.shape[-1], step):
+        part = raw[..., start : start + step]
+        values = part.float()
+        values = torch.softmax(values, dim=0) if softmax else torch.sigmoid(values)
+        part.copy_(values.to(part.dtype))
+
+
+def _argmax_by_slabs(pred: torch.Tensor) -> torch.Tensor:
+    """``argmax`` over channels as a ``(1, *spatial)`` float label map, slab by slab."""
+    raw = pred.as_tensor() if isinstance(pred, MetaTensor) else pred
+    out = torch.empty((1, *raw.shape[1:]), dtype=torch.float32)
+    step = max(1, raw.shape[-1] // 16)
+    for start in _slabs(raw.shape[-1], step):
+        out[0, ..., start : start + step] = torch.argmax(
+            raw[..., start : start + step], dim=0
+        ).float()
+    if isinstance(pred, MetaTensor):
+        return MetaTensor(
+            out, meta=dict(pred.meta), applied_operations=list(pred.applied_operations)
+        )
+    return out
+
+
+def _invert_with_running_argmax(
+    invert: Invertd, data: dict[str, Any], pred: torch.Tensor
+) -> torch.Tensor:
+    """``Invertd`` then argmax, a few channels at a time, keeping the best so far."""
+    best_value: torch.Tensor | None = None
+    best_label: torch.Tensor | None = None
+    meta = dict(pred.meta) if isinstance(pred, MetaTensor) else {}
+    ops = list(pred.applied_operations) if isinstance(pred, MetaTensor) else []
+    raw = pred.as_tensor() if isinstance(pred, MetaTensor) else pred
+    inverted: Any = None
+    for start in _slabs(raw.shape[0], _INVERT_CHUNK):
+        part = MetaTensor(raw[start : start + _INVERT_CHUNK].float(), meta=dict(meta),
+                          applied_operations=list(ops))  # fmt: skip
+        inverted = invert(_with_pred(data, part))[_PRED_KEY]
+        values, labels = torch.max(torch.as_tensor(inverted), dim=0, keepdim=True)
+        labels = labels + start
+        if best_value is None or best_label is None:
+            best_value, best_label = values, labels
+        else:
+            better = values > best_value
+            best_value = torch.where(better, values, best_value)
+            best_label = torch.where(better, labels, best_label)
+    if best_label is None:
+        raise PipelineError("the network gave no output channel")
+    result = best_label.float()
+    if isinstance(inverted, MetaTensor):
+        return MetaTensor(result, meta=dict(inverted.meta))
+    return result
+
+
+def _with_pred(data: dict[str, Any], pred: torch.Tensor) -> dict[Any, Any]:
+    merged: dict[Any, Any] = dict(data)
+    merged[_PRED_KEY] = pred
+    return merged
