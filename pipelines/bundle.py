@@ -69,6 +69,7 @@ from monai.data.meta_tensor import MetaTensor
 from monai.inferers.inferer import Inferer, SimpleInferer
 from monai.transforms.compose import Compose
 from monai.transforms.post.dictionary import AsDiscreted, Invertd
+from monai.transforms.transform import MapTransform
 from monai.utils.module import OptionalImportError
 
 from pipelines import bundle_memory
@@ -106,6 +107,8 @@ _MISSING_MODULE = re.compile(
 # Packages whose wheels are named differently from their import name.
 _DISTRIBUTIONS = {"skimage": "scikit-image", "ignite": "pytorch-ignite", "PIL": "pillow",
                   "cv2": "opencv-python-headless", "yaml": "pyyaml"}  # fmt: skip
+# Components of an inference workflow whose "_requires_" prepare the network or inferer.
+_WORKFLOW_KEYS = ("evaluator", "inferer", "network", "network_def", "detector")
 _CHECKPOINT_KEYS = ("model", "state_dict", "network", "net", "model_state_dict")
 
 
@@ -342,6 +345,7 @@ def load_bundle(
             preprocessing = _filtered(_parsed(parser, "preprocessing"))
             postprocessing = _nearest_after_argmax(_filtered(_parsed(parser, "postprocessing")))
             inferer = _parsed(parser, "inferer") or SimpleInferer()
+            _run_requirements(parser, files.config)
     except PipelineConfigError:
         raise
     except Exception as exc:  # a bundle's config can raise anything while it is evaluated
@@ -384,7 +388,9 @@ def strip_io_transforms(compose: Any) -> Any:
     -------
     Any
         The same object, without :data:`IO_TRANSFORMS` and
-        :data:`CHANNEL_FIRST_TRANSFORMS`; anything that is not a ``Compose`` unchanged.
+        :data:`CHANNEL_FIRST_TRANSFORMS`, and with ``allow_missing_keys`` on each
+        dictionary transform (a ``label`` key of an evaluation is absent at
+        inference); anything that is not a ``Compose`` unchanged.
     """
     if not isinstance(compose, Compose):
         return compose
@@ -393,9 +399,27 @@ def strip_io_transforms(compose: Any) -> Any:
         name = type(transform).__name__
         if name in IO_TRANSFORMS or name in CHANNEL_FIRST_TRANSFORMS:
             continue
+        if isinstance(transform, MapTransform):
+            # Keys only an evaluation has (a "label" beside "pred") are skipped, not fatal.
+            transform.allow_missing_keys = True
         kept.append(strip_io_transforms(transform))
     compose.transforms = tuple(kept)
     return compose
+
+
+def _run_requirements(parser: ConfigParser, config: Mapping[str, Any]) -> None:
+    """Evaluate what the bundle's inference workflow requires before it runs.
+
+    ``"_requires_": "@detector_ops"`` on the evaluator is how a bundle configures
+    its detector (target keys, score threshold, NMS) before inference; the node
+    never builds the evaluator (it has no data loader), so it runs those items.
+    """
+    for key in _WORKFLOW_KEYS:
+        item = config.get(key)
+        requires = item.get("_requires_") if isinstance(item, dict) else None
+        for reference in requires if isinstance(requires, list) else [requires]:
+            if isinstance(reference, str) and reference.startswith("@"):
+                parser.get_parsed_content(reference[1:])
 
 
 def _filtered(section: Any) -> Any:
@@ -649,8 +673,6 @@ def _apply(transforms: Any, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_map_compose(transforms: Any) -> bool:
-    from monai.transforms.transform import MapTransform
-
     if isinstance(transforms, Compose):
         return any(isinstance(t, MapTransform | Compose) for t in transforms.transforms)
     return isinstance(transforms, MapTransform)
