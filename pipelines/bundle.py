@@ -680,17 +680,17 @@ def _is_map_compose(transforms: Any) -> bool:
 
 def _with_output(data: dict[str, Any], output: Any) -> dict[str, Any]:
     """Put the network's output for the one image into the data, as the bundle's handler does."""
+    batched = True
     if isinstance(output, list | tuple) and output and isinstance(output[0], Mapping):
-        output = output[0]  # a detector: one dictionary per image
+        output, batched = output[0], False  # a detector: one dictionary per image
     elif isinstance(output, list | tuple) and output and isinstance(output[0], torch.Tensor):
-        output = output[0]  # deep supervision: the first head is the prediction
-        output = output[0]
+        output = output[0][0]  # deep supervision: the first head, first image
     elif isinstance(output, torch.Tensor):
         output = output[0]
     if isinstance(output, Mapping):
         merged = dict(data)
         for key, value in output.items():
-            merged[str(key)] = value[0] if _batched(value) else value
+            merged[str(key)] = value[0] if batched and _batched(value) else value
         return merged
     if not isinstance(output, torch.Tensor):
         raise PipelineError(

@@ -222,8 +222,9 @@ def _place(
     center = corners.mean(axis=0)
     center_index = (np.r_[center, 1.0] @ inverse.T)[:3]
     count, rows, columns = volume.shape
-    first = max(0, math.ceil(indices[:, 0].min() - 0.5))
-    last = min(count - 1, math.floor(indices[:, 0].max() + 0.5))
+    # A slice is covered when the box reaches into its thickness (index +- 0.5).
+    first = max(0, math.floor(indices[:, 0].min() - 0.5) + 1)
+    last = min(count - 1, math.ceil(indices[:, 0].max() + 0.5) - 1)
     if first > last:
         return None
     center_slice = int(min(max(round(center_index[0]), first), last))
