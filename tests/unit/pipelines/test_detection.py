@@ -55,8 +55,7 @@ def check_blob_sr(sr: pydicom.Dataset, study: PhantomStudy) -> None:
     uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in study.paths]
     index, row, column = BLOB
     referenced = [
-        str(r.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-        for r in regions
+        str(r.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for r in regions
     ]
     assert referenced[0] == uids[index]  # the centre slice first: OHIF draws it there
     assert set(referenced) == {uids[index - 1], uids[index], uids[index + 1]}

@@ -236,7 +236,8 @@ def test_brain_bundle_runs_on_an_oblique_mr_and_its_seg_sits_on_the_source_plane
     assert labels.any()
     seg = pydicom.dcmread(tmp_path / "out" / "seg.dcm")
     modifiers = {
-        item.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0]
+        item.SegmentedPropertyTypeCodeSequence[0]
+        .SegmentedPropertyTypeModifierCodeSequence[0]
         .CodeMeaning
         for item in seg.SegmentSequence
         if "SegmentedPropertyTypeModifierCodeSequence" in item.SegmentedPropertyTypeCodeSequence[0]
@@ -248,8 +249,14 @@ def _coded_brain_labels() -> list[dict[str, object]]:
     from pipelines.label_table import lookup
 
     labels = []
-    for name in ("Left-Hippocampus", "Right-Hippocampus", "Left-Lateral-Ventricle",
-                 "Right-Lateral-Ventricle", "Left-Cerebral-White-Matter", "Brain-Stem"):
+    for name in (
+        "Left-Hippocampus",
+        "Right-Hippocampus",
+        "Left-Lateral-Ventricle",
+        "Right-Lateral-Ventricle",
+        "Left-Cerebral-White-Matter",
+        "Brain-Stem",
+    ):
         found = lookup(name)
         assert found is not None, name
         labels.append(found[0].model_dump(mode="json", exclude_none=True))
