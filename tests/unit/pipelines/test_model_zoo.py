@@ -376,7 +376,9 @@ def test_classification_template_strips_load_from_a_referenced_transform_list(
     assert all(0.0 <= p <= 1.0 for p in probabilities)
 
 
-def test_weights_made_here_are_what_the_loader_reads(tmp_path_factory, tmp_path: Path) -> None:
+def test_weights_made_here_are_what_the_loader_reads(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
     bundle = _copy(zoo_bundle("spleen_ct_segmentation", tmp_path_factory), tmp_path)
     path = make_weights(bundle, seed=7, name="model.pt")
     loaded = load_bundle(bundle)

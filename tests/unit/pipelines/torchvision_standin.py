@@ -82,7 +82,8 @@ class _SmallInception(nn.Module):
         self.fc = nn.Linear(2048, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
+        out: torch.Tensor = self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
+        return out
 
 
 #: Arguments each ``inception_v3`` call received (a test checks ``pretrained``).
