@@ -189,7 +189,7 @@ def _zoo_run(folder: Path, budget: int | None) -> dict[str, Any]:
     from pipelines.run import run_pipeline
     from pipelines.spec import PipelineSpec
 
-    settings = json.loads((folder / "phantom.json").read_text())
+    settings = json.loads((folder.parent / "zoo.json").read_text())
     model: dict[str, Any] = {
         "kind": "bundle",
         "path": str(folder.parent / "wholeBody_ct_segmentation"),
@@ -232,7 +232,7 @@ def _step_zoo_as_configured(folder: Path) -> dict[str, Any]:
 
 
 def _step_zoo_budget(folder: Path) -> dict[str, Any]:
-    return _zoo_run(folder, int(json.loads((folder / "phantom.json").read_text())["budget"]))
+    return _zoo_run(folder, int(json.loads((folder.parent / "zoo.json").read_text())["budget"]))
 
 
 STEPS = {
@@ -281,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder = work / "ct"
         folder.mkdir()
-        settings = {"slices": args.slices, "budget": args.budget, "highres": args.zoo_highres}
-        (folder / "phantom.json").write_text(json.dumps(settings))
+        (folder / "phantom.json").write_text(json.dumps({"slices": args.slices}))
+        zoo = {"budget": args.budget, "highres": args.zoo_highres}
+        (work / "zoo.json").write_text(json.dumps(zoo))
         print(f"writing a {args.slices}-slice 512x512 CT phantom ...", flush=True)
         written = _run_step("phantom", folder)
         if "error" in written:

@@ -1,15 +1,21 @@
 """A pipeline's model as a function, loaded once per process.
 
-:func:`segmenter` gives ``Volume -> masks by label name`` and :func:`classifier`
-gives ``Radiograph -> probability by label name``, whatever the model source of
-the pipeline: a built-in algorithm, a MONAI bundle or a TorchScript file.
+:func:`segmenter` gives ``Volume -> masks by label name``, :func:`classifier`
+gives ``Radiograph -> probability by label name`` and :func:`detector` gives
+``Volume -> findings`` (boxes placed on the source slices), whatever the model
+source of the pipeline: a built-in algorithm, a MONAI bundle or a TorchScript file.
+A bundle's segmentation comes back as one label map behind the masks
+(:class:`pipelines.labelmap.LabelMapMasks`), so 104 labels cost one array, not 104.
 
 A worker keeps the models it loaded between jobs (a bundle takes seconds to
 load and holds its weights in memory): the cache key is the model source and
 the modification time of its files, so a replaced bundle is loaded afresh.
 
-Labels are matched by name for a bundle (its ``channel_def``) and by value for
-a TorchScript model (the label value is the output channel).
+Labels are matched by name for a bundle (its ``channel_def``, with codes from
+:mod:`pipelines.label_table`) and by value for a TorchScript model (the label
+value is the output channel). A bundle is loaded with the pipeline's
+``model.overrides``, ``model.weights`` and ``model.memory_budget_mb``, which are
+part of the cache key.
 """
 
 from __future__ import annotations

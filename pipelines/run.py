@@ -1,14 +1,23 @@
 """Run one pipeline on one series: load, model, writers, files.
 
-Two kinds of pipeline (:class:`pipelines.spec.TaskKind`):
+Three kinds of pipeline (:class:`pipelines.spec.TaskKind`):
 
 - **segmentation**: the series becomes one volume (:func:`pipelines.load.load_series`,
   :func:`pipelines.volume.to_volume`); the model gives a mask per label; the
   writers make a SEG (BINARY or LABELMAP), a TID 1500 SR of volumes and mean
   values, and optionally a burned-in Secondary Capture series.
+- **detection**: the series becomes one volume; a detection bundle's boxes at or
+  above the pipeline's score threshold become findings on the source slices
+  (:mod:`pipelines.detection`), written as one TID 1500 SR of regions, sizes and
+  scores (:func:`pipelines.writers.write_detection_sr`).
 - **classification**: each instance of a projection series (CR, DX, MG) is
   classified on its own (:func:`pipelines.radiograph.load_radiographs`); one
   TID 1500 SR holds, per image, the finding and its probability.
+
+For a bundle, the labels are resolved first (:func:`pipelines.bundle_check.pipeline_labels`:
+the bundle's ``channel_def`` with codes from the label tables, the YAML's entries
+winning); labels that came out empty are reported absent in the SR, and they and
+labels without a standard code are listed in the manifest's ``notes``.
 
 This is the function the Celery task calls. It is pure compute plus file
 writes into the job's output folder: no sockets, no state DB, no Celery. It

@@ -144,6 +144,7 @@ def test_spleen_preprocessing_and_inverse_keep_a_known_mask_in_place(
     assert _within_one_voxel(found, expected, band=(1, 3, 3)) < 0.05
 
 
+@pytest.mark.slow
 def test_wholebody_runs_its_real_config_with_table_codes_and_absent_labels(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
@@ -198,6 +199,7 @@ def _absent_findings(sr: pydicom.Dataset) -> list[str]:
     return absent
 
 
+@pytest.mark.slow
 def test_memory_plan_by_parts_equals_the_bundle_postprocessing(
     tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -218,6 +220,7 @@ def test_memory_plan_by_parts_equals_the_bundle_postprocessing(
         load_bundle(bundle, overrides=overrides, memory_budget_mb=300).run(volume.to_metatensor())
 
 
+@pytest.mark.slow
 def test_brain_bundle_runs_on_an_oblique_mr_and_its_seg_sits_on_the_source_planes(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
@@ -290,6 +293,7 @@ def test_brain_bundle_preprocessing_keeps_a_known_mask_on_a_sagittal_t1(
     assert _within_one_voxel(found, expected) < 0.01
 
 
+@pytest.mark.slow
 def test_lung_nodule_detector_runs_unedited(
     tmp_path_factory: pytest.TempPathFactory,
     tmp_path: Path,
