@@ -101,7 +101,7 @@ _CUDA_DEVICE = re.compile(r"torch\.device\(\s*['\"]cuda(:\d+)?['\"]\s*\)")
 _CUDA_CALL = re.compile(r"\.cuda\(\s*\)")
 _UNEXPECTED_ARG = re.compile(r"unexpected keyword argument '(\w+)'")
 _MISSING_MODULE = re.compile(
-    r"No module named '([\w.]+)'|required package `([\w.]+)`|"
+    r"No module named '([\w.]+)'|import of ([\w.]+) halted|required package `([\w.]+)`|"
     r"import '([\w.]+)'|module '([\w.]+)'"
 )
 # Packages whose wheels are named differently from their import name.

@@ -177,3 +177,39 @@ def test_shipped_lung_nodule_pipeline_is_a_disabled_detection_ready_for_the_bund
     assert resolve_override_keys(files.config, ["whether_raw_luna16"], "x") == [
         "whether_raw_luna16"
     ]
+
+
+def test_torchscript_and_keyed_checkpoints_load_like_the_state_dict(
+    small_study: PhantomStudy, tmp_path: Path
+) -> None:
+    root = write_threshold_bundle(tmp_path / "bundle")
+    expected = _dense(small_study, root)
+    state = torch.load(root / "models" / "model.pt", weights_only=True)
+    # A DataParallel checkpoint keyed "state_dict".
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}},
+               root / "models" / "model.pt")  # fmt: skip
+    assert np.array_equal(_dense(small_study, root), expected)
+    # Only a TorchScript export of the network.
+    network = torch.nn.Conv3d(1, 2, kernel_size=1)
+    network.load_state_dict(state)
+    torch.jit.save(torch.jit.script(network), str(root / "models" / "model.ts"))
+    (root / "models" / "model.pt").unlink()
+    bundle = load_bundle(root)
+    assert bundle.weights.name == "model.ts"
+    assert np.array_equal(_dense(small_study, root), expected)
+
+
+def test_a_detector_in_a_segmentation_pipeline_is_refused_with_a_reason(
+    small_study: PhantomStudy, tmp_path: Path
+) -> None:
+    from pipelines.errors import PipelineError
+    from pipelines.run import run_pipeline
+    from tests.unit.pipelines.bundles import write_blob_detector_bundle
+
+    bundle = write_blob_detector_bundle(tmp_path / "bundle")
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    meta["network_data_format"]["outputs"]["pred"]["channel_def"] = {"0": "bg", "1": "blob"}
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
+    spec = load_pipeline_specs(pipeline_spec(tmp_path / "p", bundle))["zoo-test"]
+    with pytest.raises(PipelineError, match="gave no tensor but box, label, label_scores"):
+        run_pipeline(spec, small_study.paths, tmp_path / "out", job_id=1)

@@ -321,12 +321,15 @@ def test_missing_torchvision_is_named(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bundle = zoo_bundle("breast_density_classification", tmp_path_factory)
+    import sys
+
     import monai.networks.nets.torchvision_fc as fc
     from monai.utils.module import optional_import
 
-    # As in an environment without torchvision (this one has none either).
-    monkeypatch.setattr(fc, "models", optional_import("torchvision_missing_here.models")[0])
-    with pytest.raises(PipelineConfigError, match="needs the package torchvision_missing_here"):
+    # An environment without torchvision, whatever this one has.
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setattr(fc, "models", optional_import("torchvision.models")[0])
+    with pytest.raises(PipelineConfigError, match="needs the package torchvision, not installed"):
         load_bundle(bundle)
 
 
