@@ -73,8 +73,12 @@ from monai.transforms.transform import MapTransform
 from monai.utils.module import OptionalImportError
 
 from pipelines import bundle_memory
-from pipelines.bundle_files import BundleFiles, iter_config_ids, read_bundle_files
-from pipelines.bundle_files import resolve_override_keys as _resolve_keys
+from pipelines.bundle_files import (
+    BundleFiles,
+    iter_config_ids,
+    read_bundle_files,
+    resolve_override_keys,
+)
 from pipelines.errors import PipelineConfigError, PipelineError
 
 __all__ = [
@@ -217,6 +221,16 @@ class Bundle:
         return self.files.input_channels(_IMAGE_KEY)
 
     @property
+    def preprocessing(self) -> Any:
+        """The parsed preprocessing (after the node's changes), or None."""
+        return self._preprocessing
+
+    @property
+    def inferer(self) -> Inferer:
+        """The parsed inferer."""
+        return self._inferer
+
+    @property
     def postprocessing(self) -> Any:
         """The parsed postprocessing (after the node's changes), or None."""
         return self._postprocessing
@@ -333,7 +347,7 @@ def load_bundle(
                 parser["network_def#pretrained"] = False
     given = dict(overrides or {})
     for config_id, value in zip(
-        _resolve_keys(files.config, list(given), files.name), given.values(), strict=True
+        resolve_override_keys(files.config, list(given), files.name), given.values(), strict=True
     ):
         parser[config_id] = value
         logger.info("bundle=%s override %s", root.name, config_id)
@@ -499,11 +513,7 @@ def _weights_file(
             continue
         if value.get("_disabled_") is True:
             continue
-        try:
-            load_path = parser.get_parsed_content(f"{config_id}#load_path")
-        except Exception:  # noqa: BLE001 - an unresolvable path falls back to models/
-            logger.debug("bundle=%s: %s#load_path cannot be evaluated", root.name, config_id)
-            continue
+        load_path = parser.get_parsed_content(f"{config_id}#load_path")
         path = Path(str(load_path))
         path = path if path.is_absolute() else root / path
         load_dict = value.get("load_dict")

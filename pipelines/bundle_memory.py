@@ -218,7 +218,7 @@ def plan(bundle: Bundle, preprocessed: tuple[int, ...], original: tuple[int, ...
         If no plan fits the budget (the job fails before the network runs).
     """
     budget = bundle.memory_budget_mb
-    inferer = bundle._inferer  # noqa: SLF001 - the plan belongs to the bundle
+    inferer = bundle.inferer
     if (
         budget is None
         or bundle.device.type != "cpu"

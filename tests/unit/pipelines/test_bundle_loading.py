@@ -68,7 +68,7 @@ def test_a_config_written_for_cuda_runs_on_a_cpu_worker(
 def test_overrides_reach_any_config_value_by_id_or_unique_name(tmp_path: Path) -> None:
     root = write_threshold_bundle(tmp_path / "bundle")
     bundle = load_bundle(root, overrides={"sw_batch_size": 3, "inferer#overlap": 0.5})
-    inferer = bundle._inferer  # noqa: SLF001
+    inferer = bundle.inferer
     assert isinstance(inferer, SlidingWindowInferer)
     assert inferer.sw_batch_size == 3
     assert inferer.overlap == 0.5

@@ -381,7 +381,7 @@ def test_classification_template_strips_load_from_a_referenced_transform_list(
 ) -> None:
     bundle = zoo_bundle("classification_template", tmp_path_factory)
     loaded = load_bundle(bundle)
-    names = [type(t).__name__ for t in loaded._preprocessing.transforms]  # noqa: SLF001
+    names = [type(t).__name__ for t in loaded.preprocessing.transforms]
     assert "LoadImaged" not in names
     assert "ScaleIntensityd" in names  # "$@transforms" kept the rest
     folder = pipeline_spec(tmp_path / "p", bundle, task="classification", outputs=["sr"])
