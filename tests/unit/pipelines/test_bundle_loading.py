@@ -213,3 +213,53 @@ def test_a_detector_in_a_segmentation_pipeline_is_refused_with_a_reason(
     spec = load_pipeline_specs(pipeline_spec(tmp_path / "p", bundle))["zoo-test"]
     with pytest.raises(PipelineError, match="gave no tensor but box, label, label_scores"):
         run_pipeline(spec, small_study.paths, tmp_path / "out", job_id=1)
+
+
+_DICT_NETWORK = '''import torch
+
+
+class DictClassifier(torch.nn.Module):
+    """Answers with a dictionary: class name to probability (as some bundles do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x):
+        mean = torch.sigmoid(self.scale * x.mean(dim=(1, 2, 3)))
+        return {"finding": mean[:, None], "normal": 1 - mean[:, None]}
+'''
+
+
+def test_a_classifier_that_answers_with_a_dictionary_is_read_by_class_name(
+    tmp_path: Path,
+) -> None:
+    from dicom_node.phantom_dx import ChestRadiographPhantom
+    from pipelines.manifest import ManifestStatus
+    from pipelines.run import run_pipeline
+
+    root = tmp_path / "bundle"
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    (root / "scripts").mkdir()
+    (root / "scripts" / "__init__.py").write_text("")
+    (root / "scripts" / "dict_net.py").write_text(_DICT_NETWORK)
+    config = {"network_def": {"_target_": "scripts.dict_net.DictClassifier"},
+              "preprocessing": {"_target_": "Compose", "transforms": [
+                  {"_target_": "LoadImaged", "keys": "image"},
+                  {"_target_": "ScaleIntensityd", "keys": "image"}]}}  # fmt: skip
+    meta = {"name": "dict classifier", "network_data_format": {
+        "inputs": {"image": {"num_channels": 1, "spatial_shape": [128, 128]}},
+        "outputs": {"pred": {"type": "probabilities",
+                             "channel_def": {"0": "finding", "1": "normal"}}}}}  # fmt: skip
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    (root / "configs" / "metadata.json").write_text(json.dumps(meta))
+    torch.save({"scale": torch.tensor(1.0)}, root / "models" / "model.pt")
+    folder = pipeline_spec(tmp_path / "p", root, task="classification", outputs=["sr"])
+    spec = load_pipeline_specs(folder)["zoo-test"]
+    paths = list(ChestRadiographPhantom(size=64).write(tmp_path / "dx", findings=(True,)).paths)
+    manifest = run_pipeline(spec, paths, tmp_path / "out", job_id=1)
+    assert manifest.status is ManifestStatus.DONE
+    finding = manifest.measurements["finding.probability"]
+    assert finding == pytest.approx(1 - manifest.measurements["normal.probability"], abs=1e-5)
+    assert 0.5 < finding < 1.0  # sigmoid of a mean intensity scaled to [0, 1]
