@@ -235,7 +235,9 @@ class Bundle:
         """The parsed postprocessing (after the node's changes), or None."""
         return self._postprocessing
 
-    def run(self, image: MetaTensor) -> BundleOutput:
+    def run(
+        self, image: MetaTensor, memory_plan: bundle_memory.MemoryPlan | None = None
+    ) -> BundleOutput:
         """Run preprocessing, inferer and postprocessing on one channel-first image.
 
         Parameters
@@ -243,6 +245,9 @@ class Bundle:
         image : monai.data.MetaTensor
             ``(1, *spatial)`` with its affine, as ``LoadImage`` plus
             ``EnsureChannelFirst`` would give it.
+        memory_plan : MemoryPlan or None
+            How to stitch and postprocess; default: planned from the bundle's
+            memory budget (:func:`pipelines.bundle_memory.plan`).
 
         Returns
         -------
@@ -268,9 +273,9 @@ class Bundle:
             )
         try:
             with self._imports.active(), torch.no_grad():
+                plan = memory_plan or bundle_memory.plan(self, image)
                 data = _apply(self._preprocessing, {_IMAGE_KEY: image})
                 preprocessed = data[_IMAGE_KEY]
-                plan = bundle_memory.plan(self, tuple(preprocessed.shape), tuple(image.shape))
                 output = plan.infer(self._inferer, preprocessed[None].to(self.device), self.network)
                 data = _with_output(data, output)
                 data = plan.postprocess(self._postprocessing, data)

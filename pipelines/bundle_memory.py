@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -42,14 +44,19 @@ from pipelines.errors import PipelineError
 if TYPE_CHECKING:
     from pipelines.bundle import Bundle
 
-__all__ = ["MemoryPlan", "estimate_mb", "plan"]
+__all__ = ["MemoryPlan", "RunShape", "estimate_mb", "plan", "resident_mb"]
 
 logger = logging.getLogger(__name__)
 
 _PRED_KEY = "pred"
-# Float32 values per voxel that a window's forward pass holds (activations of a
-# 3-D UNet/SegResNet with 16-32 filters, measured: bench/pipeline.py).
-_WINDOW_FLOATS_PER_VOXEL = 120
+# Float32 values per window voxel that a forward pass holds (SegResNet with 32 filters and
+# 105 outputs at 96^3: about 1.2 GB; measured with bench/pipeline.py's Model Zoo row).
+_WINDOW_FLOATS_PER_VOXEL = 360
+# Bytes per input voxel that MONAI's Orientationd + Spacingd + intensity transforms hold
+# at their peak (measured: 1.6 GB over a 512x512x300 CT).
+_PREPROCESSING_BYTES_PER_VOXEL = 22
+# Bytes per input voxel of Invertd bringing a label map back (coordinate grid and output).
+_INVERT_BYTES_PER_VOXEL = 24
 # Channels inverted at a time when Invertd resamples probabilities by parts.
 _INVERT_CHUNK = 8
 _MB = 1024 * 1024
@@ -138,79 +145,104 @@ class _Float32Window(torch.nn.Module):
         return out
 
 
-def estimate_mb(
-    *,
-    channels: int,
-    preprocessed: tuple[int, ...],
-    original: tuple[int, ...],
-    roi_voxels: int,
-    sw_batch_size: int,
-    half: bool,
-    by_parts: bool,
-    invert_before_argmax: bool,
-) -> float:
-    """Expected peak memory (MiB) of one sliding-window segmentation run.
+@dataclass(frozen=True, slots=True)
+class RunShape:
+    """What the estimate needs to know of one run.
 
-    Parameters
+    Attributes
     ----------
     channels : int
         Output channels of the network.
-    preprocessed : tuple[int, ...]
-        Spatial shape after the bundle's preprocessing (where it stitches).
-    original : tuple[int, ...]
-        Spatial shape of the node's input (where ``Invertd`` brings the result back).
+    original : int
+        Voxels of the node's input (where ``Invertd`` brings the result back).
+    preprocessed : int
+        Voxels after the bundle's preprocessing (where it stitches), estimated from
+        the input's spacing and the ``Spacingd`` of the preprocessing.
     roi_voxels : int
         Voxels of one window.
     sw_batch_size : int
         Windows run at once.
+    invert_before_argmax : bool
+        ``Invertd`` resamples all channels before the argmax (spleen's order).
+    """
+
+    channels: int
+    original: int
+    preprocessed: int
+    roi_voxels: int
+    sw_batch_size: int
+    invert_before_argmax: bool
+
+
+def estimate_mb(shape: RunShape, *, half: bool, by_parts: bool) -> float:
+    """Memory (MiB) one run adds to the process at its peak, for a plan.
+
+    The largest of three moments, each measured on ``wholeBody_ct_segmentation``
+    (``bench/pipeline.py``):
+
+    - the bundle's preprocessing: MONAI's orientation, resampling and intensity
+      transforms hold about :data:`_PREPROCESSING_BYTES_PER_VOXEL` bytes per input
+      voxel (copies and coordinate grids);
+    - the sliding window: the stitched output and its counts (4 or 2 bytes per
+      value), the preprocessed image, and one window's forward pass (about
+      :data:`_WINDOW_FLOATS_PER_VOXEL` floats per window voxel for a 3-D
+      UNet/SegResNet);
+    - the postprocessing, with the stitched output still held: the activation's
+      float32 copy and an int64 argmax as configured, or a small label map by parts;
+      ``Invertd`` back to the input grid (its coordinate grid and output).
+
+    Parameters
+    ----------
+    shape : RunShape
+        Channels, voxels, window.
     half : bool
         Stitching in float16.
     by_parts : bool
         Postprocessing by parts.
-    invert_before_argmax : bool
-        ``Invertd`` resamples all channels before the argmax (spleen's order).
 
     Returns
     -------
     float
-        MiB: stitched output, counts, input copies, one window's working set and
-        the postprocessing's largest temporary.
+        MiB above what the process holds before the run.
     """
-    n_pre = math.prod(preprocessed)
-    n_orig = math.prod(original)
+    c, n_orig, n_pre = shape.channels, shape.original, shape.preprocessed
     value = 2 if half else 4
-    stitched = channels * n_pre * value + n_pre * value  # output buffer and count map
-    inputs = n_pre * 4 + (n_pre * 2 if half else 0) + n_orig * 4
-    window = sw_batch_size * roi_voxels * 4 * _WINDOW_FLOATS_PER_VOXEL
+    preprocessing = n_orig * _PREPROCESSING_BYTES_PER_VOXEL
+    stitched = c * n_pre * value + n_pre * value + n_pre * 4 + (n_pre * 2 if half else 0)
+    window = shape.sw_batch_size * shape.roi_voxels * 4 * _WINDOW_FLOATS_PER_VOXEL
+    invert = n_orig * _INVERT_BYTES_PER_VOXEL
     if by_parts:
-        chunk = min(channels, _INVERT_CHUNK)
-        post = (
-            (n_orig * chunk * 4 + n_orig * 12) if invert_before_argmax else n_pre * 8 + n_orig * 8
-        )
+        if shape.invert_before_argmax:
+            post = min(c, _INVERT_CHUNK) * n_orig * 4 + n_orig * 12 + invert
+        else:
+            post = n_pre * 4 + invert
+    elif shape.invert_before_argmax:
+        post = c * n_pre * 4 + c * n_orig * 4 + invert + n_orig * 8
     else:
-        # Activation copies the buffer in float32; argmax makes int64; Invertd of C channels.
-        post = channels * n_pre * 4 + n_pre * 8
-        if invert_before_argmax:
-            post += channels * n_orig * 4
-    return float(stitched + inputs + window + post) / _MB
+        post = c * n_pre * 4 + n_pre * 8 + invert
+    return float(max(preprocessing, stitched + window, stitched + post)) / _MB
 
 
-def plan(bundle: Bundle, preprocessed: tuple[int, ...], original: tuple[int, ...]) -> MemoryPlan:
-    """Choose how to run one image within the bundle's memory budget.
+def plan(bundle: Bundle, image: MetaTensor) -> MemoryPlan:
+    """Choose how to run one image within the bundle's memory budget, before it runs.
+
+    The budget is for the whole worker process: what it holds now (interpreter,
+    torch, the model, the loaded series) plus what the run adds at its peak
+    (:func:`estimate_mb`).
 
     Parameters
     ----------
     bundle : Bundle
-        The loaded bundle (its budget, inferer, postprocessing and output channels).
-    preprocessed : tuple[int, ...]
-        Shape ``(C, *spatial)`` after preprocessing.
-    original : tuple[int, ...]
-        Shape ``(C, *spatial)`` of the node's input.
+        The loaded bundle (its budget, preprocessing, inferer, postprocessing and
+        output channels).
+    image : monai.data.MetaTensor
+        The node's input ``(C, *spatial)`` with its affine.
 
     Returns
     -------
     MemoryPlan
-        The cheapest plan that keeps the bundle's precision where it fits.
+        The first plan that fits, keeping the bundle's own precision where it can:
+        as configured, half-precision stitching, by parts, both.
 
     Raises
     ------
@@ -225,44 +257,69 @@ def plan(bundle: Bundle, preprocessed: tuple[int, ...], original: tuple[int, ...
         or not isinstance(inferer, SlidingWindowInferer)
     ):
         return MemoryPlan()
-    channels = _output_channels(bundle)
     roi: Any = inferer.roi_size
     roi_voxels = math.prod(int(r) for r in roi) if isinstance(roi, list | tuple) else int(roi) ** 3
     post = bundle.postprocessing
-    spatial = tuple(int(s) for s in preprocessed[1:])
-    common: dict[str, Any] = {
-        "channels": channels,
-        "preprocessed": spatial,
-        "original": tuple(int(s) for s in original[1:]),
-        "roi_voxels": roi_voxels,
-        "sw_batch_size": int(inferer.sw_batch_size),
-        "invert_before_argmax": _invert_before_argmax(post),
-    }
-    streamable = post is None or _streamable(post)
+    original = math.prod(int(s) for s in image.shape[1:])
+    shape = RunShape(
+        channels=_output_channels(bundle),
+        original=original,
+        preprocessed=_preprocessed_voxels(bundle.preprocessing, image, original),
+        roi_voxels=roi_voxels,
+        sw_batch_size=int(inferer.sw_batch_size),
+        invert_before_argmax=_invert_before_argmax(post),
+    )
+    held = resident_mb()
     options = [(False, False), (True, False)]
-    if streamable:
+    if post is None or _streamable(post):
         options += [(False, True), (True, True)]
-    estimates = []
+    totals = []
     for half, by_parts in options:
-        estimate = estimate_mb(half=half, by_parts=by_parts, **common)
-        estimates.append(estimate)
-        if estimate <= budget:
-            chosen = MemoryPlan(half_stitching=half, by_parts=by_parts, estimate_mb=estimate)
+        total = held + estimate_mb(shape, half=half, by_parts=by_parts)
+        totals.append(total)
+        if total <= budget:
             logger.info(
                 "bundle=%s memory plan half=%s by_parts=%s estimate=%.0fMiB budget=%dMiB",
                 bundle.name,
                 half,
                 by_parts,
-                estimate,
+                total,
                 budget,
             )
-            return chosen
+            return MemoryPlan(half_stitching=half, by_parts=by_parts, estimate_mb=total)
     raise PipelineError(
-        f"bundle {bundle.name!r} needs about {min(estimates):.0f} MiB for this series "
-        f"({channels} channels over {math.prod(spatial):,} voxels after its "
-        f"preprocessing), more than the memory budget of {budget} MiB; raise "
-        "model.memory_budget_mb on a larger worker, or lower the resolution (model.overrides)"
+        f"bundle {bundle.name!r} needs about {min(totals):.0f} MiB for this series "
+        f"({shape.channels} channels over about {shape.preprocessed:,} voxels after its "
+        f"preprocessing, {held:.0f} MiB already held), more than the memory budget of "
+        f"{budget} MiB; raise model.memory_budget_mb on a larger worker, or lower the "
+        "resolution (model.overrides)"
     )
+
+
+def _preprocessed_voxels(preprocessing: Any, image: MetaTensor, original: int) -> int:
+    """Voxels after a ``Spacingd`` of the preprocessing (the input's count without one)."""
+    transforms = preprocessing.transforms if isinstance(preprocessing, Compose) else ()
+    for transform in transforms:
+        spacing = getattr(transform, "spacing_transform", None)
+        pixdim = getattr(spacing, "pixdim", None)
+        if pixdim is None:
+            continue
+        source = [float(v) for v in image.pixdim]
+        target = [float(v) for v in pixdim]
+        if len(target) == len(source) and all(t > 0 for t in target):
+            return max(
+                1, int(original * math.prod(s / t for s, t in zip(source, target, strict=True)))
+            )
+    return original
+
+
+def resident_mb() -> float:
+    """What this process holds in memory now (Linux ``/proc/self/statm``; 0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / _MB
 
 
 def _output_channels(bundle: Bundle) -> int:

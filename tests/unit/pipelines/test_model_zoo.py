@@ -28,6 +28,7 @@ from dicom_node.phantom import PhantomStudy
 from dicom_node.phantom_dx import ChestRadiographPhantom
 from pipelines import models
 from pipelines.bundle import load_bundle
+from pipelines.bundle_memory import MemoryPlan, RunShape, estimate_mb
 from pipelines.errors import PipelineConfigError, PipelineError
 from pipelines.load import load_series
 from pipelines.manifest import ManifestStatus
@@ -213,23 +214,37 @@ def _absent_findings(sr: pydicom.Dataset) -> list[str]:
 
 @pytest.mark.slow
 def test_memory_plan_by_parts_equals_the_bundle_postprocessing(
-    tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     bundle = zoo_bundle("wholeBody_ct_segmentation", tmp_path_factory)
     volume = to_volume(load_series(corpus("lidc-idri-0002-chest-ct")))
     overrides = {"highres": False, "modelname": "model.pt"}
-    as_is = load_bundle(bundle, overrides=overrides).run(volume.to_metatensor())
-    # A budget the float32 plan does not fit: half-precision stitching, postprocessing by parts.
-    lean = load_bundle(bundle, overrides=overrides, memory_budget_mb=1200)
-    with caplog.at_level("INFO", logger="pipelines.bundle_memory"):
-        planned = lean.run(volume.to_metatensor())
-    assert "half=True by_parts=True" in caplog.text
+    loaded = load_bundle(bundle, overrides=overrides)
+    as_is = loaded.run(volume.to_metatensor())
+    # Half-precision stitching and the postprocessing by parts (softmax, argmax, Invertd).
+    lean = loaded.run(volume.to_metatensor(), MemoryPlan(half_stitching=True, by_parts=True))
     assert as_is.pred is not None
-    assert planned.pred is not None
-    agree = np.mean(as_is.pred.numpy() == planned.pred.numpy())
+    assert lean.pred is not None
+    agree = np.mean(as_is.pred.numpy() == lean.pred.numpy())
     assert agree > 0.995  # float16 stitching may flip near-ties only
+    # A budget below what the worker already holds: refused before the network runs.
     with pytest.raises(PipelineError, match="memory budget of 300 MiB"):
         load_bundle(bundle, overrides=overrides, memory_budget_mb=300).run(volume.to_metatensor())
+
+
+def test_memory_estimate_orders_the_plans_for_a_300_slice_ct() -> None:
+    # wholeBody at 1.5 mm over 512x512x300 at 0.7 x 0.7 x 2.5 mm: 105 channels.
+    shape = RunShape(channels=105, original=512 * 512 * 300, preprocessed=240 * 240 * 500,
+                     roi_voxels=96**3, sw_batch_size=1, invert_before_argmax=False)  # fmt: skip
+    full = estimate_mb(shape, half=False, by_parts=False)
+    half = estimate_mb(shape, half=True, by_parts=False)
+    parts = estimate_mb(shape, half=False, by_parts=True)
+    lean = estimate_mb(shape, half=True, by_parts=True)
+    assert full > half > lean
+    assert full > parts > lean
+    # As configured it needs two float32 copies of 105 x 28.8 M values (over 20 GiB).
+    assert full > 2 * 105 * 28.8e6 * 4 / 2**20
+    assert lean < full / 3
 
 
 @pytest.mark.slow
