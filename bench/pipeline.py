@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    parser.add_argument("--budget", type=int, default=2500, help="Model Zoo row: MiB budget")
+    parser.add_argument("--budget", type=int, default=3500, help="Model Zoo row: MiB budget")
     parser.add_argument("--zoo-highres", action="store_true", help="Model Zoo row at 1.5 mm")
     parser.add_argument("--no-zoo", action="store_true", help="skip the Model Zoo row")
     parser.add_argument("--no-io", action="store_true", help="only the Model Zoo row")

@@ -15,8 +15,11 @@ preprocessed shape before the network runs, and chooses:
    ``Activationsd`` (softmax / sigmoid), ``AsDiscreted(argmax)`` and ``Invertd`` on
    ``pred`` runs on slabs of the buffer in place (softmax per slab, argmax per
    slab into a small integer label map; ``Invertd`` of many channels a few
-   channels at a time with a running argmax), so no second full-size copy is made.
-   The result equals the bundle's own postprocessing (a test compares them);
+   channels at a time with a running argmax; ``Invertd`` of the label map, when the
+   preprocessing only reoriented and resampled, as a nearest look-up through the two
+   affines a few slices at a time, where MONAI's builds a grid over the whole
+   series), so no second full-size copy is made. The result equals the bundle's own
+   postprocessing (a test compares them);
 4. if even that does not fit, the job FAILS before the network runs, with the
    estimate and the budget in the reason.
 
@@ -51,12 +54,17 @@ logger = logging.getLogger(__name__)
 _PRED_KEY = "pred"
 # Float32 values per window voxel that a forward pass holds (SegResNet with 32 filters and
 # 105 outputs at 96^3: about 1.2 GB; measured with bench/pipeline.py's Model Zoo row).
-_WINDOW_FLOATS_PER_VOXEL = 360
+_WINDOW_FLOATS_PER_VOXEL = 400
 # Bytes per input voxel that MONAI's Orientationd + Spacingd + intensity transforms hold
 # at their peak (measured: 1.6 GB over a 512x512x300 CT).
 _PREPROCESSING_BYTES_PER_VOXEL = 22
-# Bytes per input voxel of Invertd bringing a label map back (coordinate grid and output).
-_INVERT_BYTES_PER_VOXEL = 24
+# Bytes per input voxel of MONAI's Invertd bringing a label map back (coordinate grids,
+# copies and output; measured: 3.3 GB over a 512x512x300 CT).
+_INVERT_BYTES_PER_VOXEL = 42
+# Operations of the preprocessing that the slab-wise label inverse undoes exactly.
+_AFFINE_OPERATIONS = frozenset({"Orientation", "SpatialResample", "Spacing", "Flip", "Identity"})
+# Voxels of the input grid inverted at a time (about 40 bytes each).
+_SLAB_VOXELS = 4_000_000
 # Channels inverted at a time when Invertd resamples probabilities by parts.
 _INVERT_CHUNK = 8
 _MB = 1024 * 1024
@@ -215,7 +223,8 @@ def estimate_mb(shape: RunShape, *, half: bool, by_parts: bool) -> float:
         if shape.invert_before_argmax:
             post = min(c, _INVERT_CHUNK) * n_orig * 4 + n_orig * 12 + invert
         else:
-            post = n_pre * 4 + invert
+            # The label map is inverted slab by slab: its output and one slab's grid.
+            post = n_pre * 4 + n_orig * 4 + _SLAB_VOXELS * _INVERT_BYTES_PER_VOXEL
     elif shape.invert_before_argmax:
         post = c * n_pre * 4 + c * n_orig * 4 + invert + n_orig * 8
     else:
@@ -399,8 +408,12 @@ def run_by_parts(post: Compose, data: dict[str, Any]) -> dict[str, Any]:
                 pred = _invert_with_running_argmax(transform, data, pred)
                 index += 1  # the argmax is done
             else:
-                result = transform(_with_pred(data, pred))
-                pred = result[_PRED_KEY]
+                inverted = _invert_labels_by_slabs(data, pred) if pred.shape[0] == 1 else None
+                pred = (
+                    inverted
+                    if inverted is not None
+                    else transform(_with_pred(data, pred))[_PRED_KEY]
+                )
         index += 1
     return {**data, _PRED_KEY: pred}
 
@@ -464,6 +477,42 @@ def _invert_with_running_argmax(
     if isinstance(inverted, MetaTensor):
         return MetaTensor(result, meta=dict(inverted.meta))
     return result
+
+
+def _invert_labels_by_slabs(data: dict[str, Any], pred: torch.Tensor) -> torch.Tensor | None:
+    """``Invertd`` of a label map with nearest neighbour, one slab of the input grid at a time.
+
+    MONAI's ``Invertd`` builds a coordinate grid over the whole input grid (about 40
+    bytes per voxel: 3.3 GB for a 512x512x300 CT). When the preprocessing only
+    reoriented and resampled (affine operations), inverting is a look-up: each input
+    voxel takes the label of the preprocessed voxel nearest to it, through the two
+    affines. Done slab by slab, it holds a few slices' grid.
+
+    Returns None (and the caller uses ``Invertd``) when the preprocessing did more.
+    """
+    image = data.get("image")
+    if not isinstance(image, MetaTensor):
+        return None
+    done = {str(op.get("class", "")) for op in image.applied_operations}
+    if not done <= _AFFINE_OPERATIONS or "original_affine" not in image.meta:
+        return None
+    original_affine = torch.as_tensor(image.meta["original_affine"], dtype=torch.float64)
+    shape = [int(v) for v in image.meta["spatial_shape"]]
+    to_pre = torch.linalg.inv(torch.as_tensor(image.affine, dtype=torch.float64)) @ original_affine
+    labels = (pred.as_tensor() if isinstance(pred, MetaTensor) else pred)[0]
+    bounds = torch.tensor(labels.shape, dtype=torch.long)
+    out = torch.zeros(shape, dtype=labels.dtype)
+    axes = [torch.arange(n, dtype=torch.float64) for n in shape[:2]]
+    step = max(1, _SLAB_VOXELS // max(1, shape[0] * shape[1]))
+    for start in _slabs(shape[2], step):
+        zs = torch.arange(start, min(start + step, shape[2]), dtype=torch.float64)
+        grid = torch.stack(torch.meshgrid(axes[0], axes[1], zs, indexing="ij"), dim=-1)
+        index = torch.round(grid @ to_pre[:3, :3].T + to_pre[:3, 3]).long()
+        inside = ((index >= 0) & (index < bounds)).all(dim=-1)
+        clipped = torch.minimum(index.clamp(min=0), bounds - 1)
+        values = labels[clipped[..., 0], clipped[..., 1], clipped[..., 2]]
+        out[:, :, start : start + step] = torch.where(inside, values, torch.zeros_like(values))
+    return MetaTensor(out[None], affine=original_affine)
 
 
 def _with_pred(data: dict[str, Any], pred: torch.Tensor) -> dict[Any, Any]:
