@@ -22,6 +22,15 @@ phantom's arrays would inflate every child's ``ru_maxrss``.
   reference the goals were set against (0.35 s then), to tell a slow moment
   of this shared machine from a slow loader.
 
+- ``Model Zoo bundle``: MONAI Model Zoo's ``wholeBody_ct_segmentation`` (SegResNet,
+  105 channels, its real configuration with ``highres: false``, 3 mm; random
+  weights from its ``network_def``) through ``pipelines.run.run_pipeline`` on the
+  same series, twice: as the bundle is configured (float32 stitching, its own
+  postprocessing; the anchor) and with ``model.memory_budget_mb`` (``--budget``),
+  where the node plans half-precision stitching and postprocessing by parts. Seconds
+  and peak RSS against the budget. ``--zoo-highres`` runs the 1.5 mm configuration
+  (about 12 GB as configured at 300 slices; for a large machine).
+
 Every step checks its result (shape, a voxel value against pydicom, frame
 counts); a failed check marks the row BROKEN and the script exits 1.
 Nothing here asserts on time (DESIGN.md: benchmarks print, tests assert).
@@ -174,6 +183,58 @@ def _step_phantom(folder: Path) -> dict[str, Any]:
     return {"mb": sum(p.stat().st_size for p in study.paths) / MB}
 
 
+def _zoo_run(folder: Path, budget: int | None) -> dict[str, Any]:
+    """wholeBody_ct_segmentation through run_pipeline on the phantom (fresh process)."""
+    sys.path.insert(0, str(REPO))
+    from pipelines.run import run_pipeline
+    from pipelines.spec import PipelineSpec
+
+    settings = json.loads((folder.parent / "zoo.json").read_text())
+    model: dict[str, Any] = {
+        "kind": "bundle",
+        "path": str(folder.parent / "wholeBody_ct_segmentation"),
+        "overrides": {"highres": bool(settings.get("highres", False)),
+                      "modelname": "model.pt"},
+    }  # fmt: skip
+    if budget is not None:
+        model["memory_budget_mb"] = budget
+    spec = PipelineSpec.model_validate(
+        {
+            "name": "bench-wholebody",
+            "version": "1",
+            "selection": {"rules": [{"name": "CT", "conditions": {"Modality": "CT"}}]},
+            "model": model,
+            "outputs": ["seg", "sr"],
+        }
+    )
+    paths = sorted(folder.glob("*.dcm"))
+    out = folder.parent / f"zoo-out-{budget}"
+    started = time.perf_counter()
+    manifest = run_pipeline(spec, paths, out, job_id=1)
+    seconds = time.perf_counter() - started
+    ok = manifest.status.value == "done" and (out / "seg.dcm").is_file()
+    return {"seconds": seconds, "rss_mb": _rss_mb(), "ok": ok, "infer": manifest.timings_s["infer"]}
+
+
+def _step_zoo_weights(folder: Path) -> dict[str, Any]:
+    """Copy the bundle beside the series and write random weights from its network_def."""
+    sys.path.insert(0, str(REPO))
+    from tests.model_zoo import SHARED, make_weights
+
+    root = folder.parent / "wholeBody_ct_segmentation"
+    shutil.copytree(SHARED / "model-zoo" / "wholeBody_ct_segmentation", root)
+    make_weights(root)
+    return {"ok": True}
+
+
+def _step_zoo_as_configured(folder: Path) -> dict[str, Any]:
+    return _zoo_run(folder, None)
+
+
+def _step_zoo_budget(folder: Path) -> dict[str, Any]:
+    return _zoo_run(folder, int(json.loads((folder.parent / "zoo.json").read_text())["budget"]))
+
+
 STEPS = {
     "node-load": _step_node_load,
     "monai-load": _step_monai_load,
@@ -188,7 +249,7 @@ def _run_step(name: str, folder: Path) -> dict[str, Any]:
         [sys.executable, __file__, "--step", name, str(folder)],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=3600,
         check=False,
         cwd=REPO,
     )
@@ -204,11 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    parser.add_argument("--step", choices=[*sorted(STEPS), "phantom"], help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=int, default=3500, help="Model Zoo row: MiB budget")
+    parser.add_argument("--zoo-highres", action="store_true", help="Model Zoo row at 1.5 mm")
+    parser.add_argument("--no-zoo", action="store_true", help="skip the Model Zoo row")
+    parser.add_argument("--no-io", action="store_true", help="only the Model Zoo row")
+    parser.add_argument("--step", choices=[*sorted(STEPS), *sorted(ZOO_STEPS), "phantom"],
+                        help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("folder", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.step:
-        step = _step_phantom if args.step == "phantom" else STEPS[args.step]
+        step = _step_phantom if args.step == "phantom" else {**STEPS, **ZOO_STEPS}[args.step]
         print(json.dumps(step(args.folder)))
         return 0
 
@@ -217,22 +283,71 @@ def main(argv: list[str] | None = None) -> int:
         folder = work / "ct"
         folder.mkdir()
         (folder / "phantom.json").write_text(json.dumps({"slices": args.slices}))
+        zoo = {"budget": args.budget, "highres": args.zoo_highres}
+        (work / "zoo.json").write_text(json.dumps(zoo))
         print(f"writing a {args.slices}-slice 512x512 CT phantom ...", flush=True)
         written = _run_step("phantom", folder)
         if "error" in written:
             print(f"!!! phantom: {written['error']}")
             return 1
         size_mb = float(written["mb"])
-        results: dict[str, list[dict[str, Any]]] = {name: [] for name in STEPS}
-        for _ in range(args.repeat):
-            for name in STEPS:
-                results[name].append(_run_step(name, folder))
-        return _report(results, args.slices, size_mb)
+        status = 0
+        if not args.no_io:
+            results: dict[str, list[dict[str, Any]]] = {name: [] for name in STEPS}
+            for _ in range(args.repeat):
+                for name in STEPS:
+                    results[name].append(_run_step(name, folder))
+            status = _report(results, args.slices, size_mb)
+        if not args.no_zoo:
+            status |= _zoo_report(folder, args)
+        return status
     finally:
         if args.keep:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+ZOO_STEPS = {
+    "zoo-weights": _step_zoo_weights,
+    "zoo-as-configured": _step_zoo_as_configured,
+    "zoo-budget": _step_zoo_budget,
+}
+
+
+def _zoo_report(folder: Path, args: argparse.Namespace) -> int:
+    """Run the Model Zoo bundle once as configured and once within the budget; print the row."""
+    weights = _run_step("zoo-weights", folder)
+    if "error" in weights:
+        print(f"!!! Model Zoo weights: {weights['error']}")
+        return 1
+    anchor = _run_step("zoo-as-configured", folder)
+    budgeted = _run_step("zoo-budget", folder)
+    resolution = "1.5 mm" if args.zoo_highres else "3 mm"
+    print(f"Model Zoo wholeBody_ct_segmentation ({resolution}, 105 channels), {args.slices} "
+          "slices, CPU, random weights")  # fmt: skip
+    print(f"{'run':<34}{'seconds':>10}{'infer s':>10}{'peak RSS MiB':>15}{'budget MiB':>12}")
+    broken = 0
+    for label, row, budget in (
+        ("as configured (float32)", anchor, "-"),
+        ("node memory plan", budgeted, str(args.budget)),
+    ):
+        if "error" in row or not row.get("ok"):
+            print(f"!!! {label}: {row.get('error', 'no SEG')}")
+            broken = 1
+            continue
+        print(f"{'  ' + label:<34}{row['seconds']:>10.1f}{row['infer']:>10.1f}"
+              f"{row['rss_mb']:>15.0f}{budget:>12}")  # fmt: skip
+    if not broken:
+        memory = anchor["rss_mb"] / budgeted["rss_mb"]
+        speed = anchor["seconds"] / budgeted["seconds"]
+        print(f"{'  ratio as configured / plan':<34}{speed:>9.2f}x{'':>10}{memory:>14.2f}x")
+        within = "within" if budgeted["rss_mb"] <= args.budget else "ABOVE"
+        print(
+            f"  peak RSS of the planned run is {within} its budget ({args.budget} MiB); it "
+            "includes the interpreter, torch and the loaded series"
+        )
+    return broken
 
 
 def _median(rows: list[dict[str, Any]], key: str) -> float:

@@ -92,6 +92,11 @@ class JobManifest(BaseModel):
         default_factory=dict, description="e.g. 'right_lung.volume_ml' to a value."
     )
     timings_s: dict[str, float] = Field(default_factory=dict, description="Stage to seconds.")
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What the admin should know of a finished job (labels that came out "
+        "empty, labels without a standard code); no PHI.",
+    )
     worker: str = Field(default="", description="Worker host name and device.")
 
 

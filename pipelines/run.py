@@ -1,14 +1,23 @@
 """Run one pipeline on one series: load, model, writers, files.
 
-Two kinds of pipeline (:class:`pipelines.spec.TaskKind`):
+Three kinds of pipeline (:class:`pipelines.spec.TaskKind`):
 
 - **segmentation**: the series becomes one volume (:func:`pipelines.load.load_series`,
   :func:`pipelines.volume.to_volume`); the model gives a mask per label; the
   writers make a SEG (BINARY or LABELMAP), a TID 1500 SR of volumes and mean
   values, and optionally a burned-in Secondary Capture series.
+- **detection**: the series becomes one volume; a detection bundle's boxes at or
+  above the pipeline's score threshold become findings on the source slices
+  (:mod:`pipelines.detection`), written as one TID 1500 SR of regions, sizes and
+  scores (:func:`pipelines.writers.write_detection_sr`).
 - **classification**: each instance of a projection series (CR, DX, MG) is
   classified on its own (:func:`pipelines.radiograph.load_radiographs`); one
   TID 1500 SR holds, per image, the finding and its probability.
+
+For a bundle, the labels are resolved first (:func:`pipelines.bundle_check.pipeline_labels`:
+the bundle's ``channel_def`` with codes from the label tables, the YAML's entries
+winning); labels that came out empty are reported absent in the SR, and they and
+labels without a standard code are listed in the manifest's ``notes``.
 
 This is the function the Celery task calls. It is pure compute plus file
 writes into the job's output folder: no sockets, no state DB, no Celery. It
@@ -40,18 +49,21 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from pipelines import models
+from pipelines.bundle_check import pipeline_labels
 from pipelines.errors import PipelineConfigError, UnsupportedInput
 from pipelines.headers import HeaderFix, normalise_headers
+from pipelines.labelmap import LabelMapMasks
 from pipelines.load import load_series
 from pipelines.manifest import JobManifest, ManifestStatus, OutputObject
 from pipelines.radiograph import load_radiographs
-from pipelines.spec import OutputKind, PipelineSpec, SegmentationKind, TaskKind
+from pipelines.spec import LabelSpec, OutputKind, PipelineSpec, SegmentationKind, TaskKind
 from pipelines.steps import Step, step
 from pipelines.uids import result_uids
 from pipelines.volume import RegionStats, to_volume
 from pipelines.writers import (
     exclusive_masks,
     write_classification_sr,
+    write_detection_sr,
     write_sc,
     write_seg,
     write_sr,
@@ -104,8 +116,12 @@ def run_pipeline(
     PipelineError
         For any other deliberate refusal.
     """
+    resolution = pipeline_labels(spec)
+    spec = spec.model_copy(update={"labels": list(resolution.labels)})
     if spec.task is TaskKind.CLASSIFICATION:
         return _run_classification(spec, input_paths, output_dir, job_id)
+    if spec.task is TaskKind.DETECTION:
+        return _run_detection(spec, input_paths, output_dir, job_id)
     if OutputKind.SEG not in spec.outputs and set(spec.outputs) & {OutputKind.SR, OutputKind.SC}:
         raise PipelineConfigError(
             f"pipeline {spec.name!r}: output 'sr' references the SEG, so it needs 'seg' too"
@@ -127,14 +143,20 @@ def run_pipeline(
                 f"the model of pipeline {spec.name!r} does not produce label(s) "
                 f"{', '.join(missing)}"
             )
-        if spec.segmentation_type == SegmentationKind.LABELMAP:
-            # A label map holds one label per voxel: measure what the SEG will hold.
-            masks = exclusive_masks(spec, masks)
-        stats: dict[str, RegionStats] = {
-            label.name: volume.measure(masks[label.name]) for label in spec.labels
-        }
+        stats: dict[str, RegionStats]
+        if isinstance(masks, LabelMapMasks):
+            # One label per voxel already: measured in one pass, never one array per label.
+            measured = masks.measure(volume)
+            stats = {label.name: measured[label.name] for label in spec.labels}
+        else:
+            if spec.segmentation_type == SegmentationKind.LABELMAP:
+                # A label map holds one label per voxel: measure what the SEG will hold.
+                masks = exclusive_masks(spec, masks)
+            stats = {label.name: volume.measure(masks[label.name]) for label in spec.labels}
         if all(s.voxels == 0 for s in stats.values()):
             raise UnsupportedInput("the model found none of the pipeline's labels in this series")
+    empty = [label for label in spec.labels if stats[label.name].voxels == 0]
+    notes = _notes(empty, resolution.unmapped)
     inferred = time.perf_counter()
 
     uids = result_uids(spec.name, spec.version, (str(ds.SOPInstanceUID) for ds in volume.instances))
@@ -146,7 +168,7 @@ def run_pipeline(
             outputs.append(_write(seg, output_dir, OutputKind.SEG, OUTPUT_FILES[OutputKind.SEG]))
         if OutputKind.SR in spec.outputs:
             with step(Step.WRITE_SR):
-                sr = write_sr(volume, masks, seg, spec, uids, stats)
+                sr = write_sr(volume, masks, seg, spec, uids, stats, absent=empty)
                 outputs.append(_write(sr, output_dir, OutputKind.SR, OUTPUT_FILES[OutputKind.SR]))
         if OutputKind.SC in spec.outputs:
             with step(Step.WRITE_SC):
@@ -176,6 +198,67 @@ def run_pipeline(
         outputs=outputs,
         measurements=_flatten(stats),
         timings_s=timings,
+        notes=notes,
+    )
+
+
+def _notes(empty: list[LabelSpec], unmapped: Sequence[str]) -> list[str]:
+    """What the admin should know: labels reported absent, labels without a standard code."""
+    notes: list[str] = []
+    if empty:
+        names = ", ".join(label.name for label in empty[:10])
+        more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+        notes.append(f"{len(empty)} label(s) came out empty, reported absent in the SR: "
+                     f"{names}{more}")  # fmt: skip
+    if unmapped:
+        names = ", ".join(unmapped[:10])
+        more = f" and {len(unmapped) - 10} more" if len(unmapped) > 10 else ""
+        notes.append(f"{len(unmapped)} label(s) have no standard code (private scheme "
+                     f"99DCMNODE): {names}{more}")  # fmt: skip
+    return notes
+
+
+def _run_detection(
+    spec: PipelineSpec, input_paths: Sequence[Path], output_dir: Path, job_id: int
+) -> JobManifest:
+    """Detect on the volume and write one SR of the findings (regions on the source slices)."""
+    with step(Step.MODEL):
+        detect = models.detector(spec)
+    started = time.perf_counter()
+    with step(Step.LOAD):
+        volume = to_volume(load_series(input_paths))
+        _log_fixes(job_id, normalise_headers(volume.datasets))
+    loaded = time.perf_counter()
+    with step(Step.MODEL):
+        found = detect(volume)
+    inferred = time.perf_counter()
+    uids = result_uids(spec.name, spec.version, (str(ds.SOPInstanceUID) for ds in volume.instances))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with step(Step.WRITE_SR):
+        sr = write_detection_sr(volume, found, spec, uids)
+        outputs = [_write(sr, output_dir, OutputKind.SR, OUTPUT_FILES[OutputKind.SR])]
+    written = time.perf_counter()
+    measurements: dict[str, float] = {}
+    for label in spec.labels:
+        mine = [f for f in found if f.label.name == label.name]
+        measurements[f"{label.name}.count"] = float(len(mine))
+        if mine:
+            measurements[f"{label.name}.max_score"] = max(f.score for f in mine)
+    timings = {"load": loaded - started, "infer": inferred - loaded, "write": written - inferred}
+    logger.info(
+        "job=%d pipeline=%s findings=%d load=%.3fs infer=%.3fs write=%.3fs",
+        job_id, spec.name, len(found), timings["load"], timings["infer"], timings["write"],
+    )  # fmt: skip
+    notes = [] if found else [
+        f"no finding scored {spec.detection.score_threshold} or more; the SR says absent"
+    ]  # fmt: skip
+    return JobManifest(
+        job_id=job_id,
+        status=ManifestStatus.DONE,
+        outputs=outputs,
+        measurements=measurements,
+        timings_s=timings,
+        notes=notes,
     )
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -36,8 +36,11 @@ from pipelines.errors import PipelineConfigError
 __all__ = [
     "Activation",
     "AlgorithmSpec",
+    "BoxSpace",
+    "BundleLabels",
     "CodeSpec",
     "ConditionValue",
+    "DetectionSpec",
     "LabelSpec",
     "ModelKind",
     "ModelSpec",
@@ -78,6 +81,8 @@ class TaskKind(StrEnum):
     SEGMENTATION = "segmentation"
     #: Each projection radiograph (CR, DX, MG) is classified on its own (SR only).
     CLASSIFICATION = "classification"
+    #: A 3-D series becomes a volume; the model returns boxes with scores (SR only).
+    DETECTION = "detection"
 
 
 class SegmentationKind(StrEnum):
@@ -103,6 +108,28 @@ class ModelKind(StrEnum):
     TORCHSCRIPT = "torchscript"
 
 
+class BundleLabels(StrEnum):
+    """Which of a bundle's output labels a pipeline writes."""
+
+    #: Every label of the bundle's ``channel_def`` (background excepted); the YAML's
+    #: ``labels`` only override the codes the label table gives.
+    ALL = "all"
+    #: Only the labels the YAML lists.
+    LISTED = "listed"
+
+
+class BoxSpace(StrEnum):
+    """Coordinates of a detector's boxes after the bundle's postprocessing."""
+
+    #: Patient coordinates in mm, DICOM's LPS (``AffineBoxToWorldCoordinated`` with
+    #: ``affine_lps_to_ras: true`` on a node-loaded image).
+    WORLD_LPS = "world_lps"
+    #: Patient coordinates in mm, RAS (``AffineBoxToWorldCoordinated`` without the flag).
+    WORLD_RAS = "world_ras"
+    #: Voxel indices of the preprocessed image (no ``AffineBoxToWorldCoordinated``).
+    IMAGE = "image"
+
+
 class SelectionMode(StrEnum):
     """Whether every matching series gets a job, or only the best one."""
 
@@ -123,13 +150,26 @@ class CodeSpec(_Strict):
 
 
 class LabelSpec(_Strict):
-    """One output label of the model, written as one SEG segment."""
+    """One output label of the model, written as one SEG segment (or SR finding).
 
-    value: int = Field(ge=1, le=255, description="Integer value of the label in the label map.")
+    For a bundle, labels are matched to the bundle's ``channel_def`` by ``name`` and
+    ``value`` may be left out (the channel gives it); for a detector, ``value`` is the
+    class the detector reports (0 for the first).
+    """
+
+    value: int | None = Field(
+        default=None,
+        ge=0,
+        le=255,
+        description="Integer value of the label in the label map (a detector's class).",
+    )
     name: str = Field(description="Machine name, e.g. 'right_lung'; keys the measurements.")
     label: str = Field(description="Segment Label shown in the viewer.")
     category: CodeSpec = Field(description="Segmented Property Category (CID 7150).")
     type: CodeSpec = Field(description="Segmented Property Type (CID 7151).")
+    modifier: CodeSpec | None = Field(
+        default=None, description="Segmented Property Type Modifier, e.g. Left (CID 244)."
+    )
     color: tuple[int, int, int] | None = Field(
         default=None, description="Recommended display colour as RGB 0-255."
     )
@@ -216,6 +256,22 @@ class ModelSpec(_Strict):
     preprocessing: PreprocessingSpec | None = Field(
         default=None, description="TorchScript only: the preprocessing the model expects."
     )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Bundle only: config values to replace, by ID (``inferer#sw_batch_size``) "
+        "or by a unique last part (``highres``), as ``monai.bundle run --key value`` would.",
+    )
+    weights: str | None = Field(
+        default=None,
+        description="Bundle only: weights file inside the bundle (``models/model_lowres.pt``); "
+        "default: the one its CheckpointLoader names, else models/model.pt, else model.ts.",
+    )
+    memory_budget_mb: int | None = Field(
+        default=None,
+        ge=256,
+        description="Bundle only: peak memory one job may use on a CPU worker; the stitching "
+        "and postprocessing are planned to fit, and a job that cannot fit FAILS before it runs.",
+    )
 
     @model_validator(mode="after")
     def _check_source(self) -> ModelSpec:
@@ -229,7 +285,42 @@ class ModelSpec(_Strict):
             raise ValueError(
                 f"model.preprocessing is only for 'torchscript' (a {self.kind} brings its own)"
             )
+        if self.kind is not ModelKind.BUNDLE:
+            for name, value in (
+                ("overrides", self.overrides or None),
+                ("weights", self.weights),
+                ("memory_budget_mb", self.memory_budget_mb),
+            ):
+                if value is not None:
+                    raise ValueError(f"model.{name} is only for 'bundle'")
+        if self.weights is not None and (
+            Path(self.weights).is_absolute() or ".." in Path(self.weights).parts
+        ):
+            raise ValueError(f"model.weights must be a path inside the bundle, got {self.weights}")
         return self
+
+
+class DetectionSpec(_Strict):
+    """How a detector's boxes become findings."""
+
+    score_threshold: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Boxes scoring below it are not reported."
+    )
+    max_findings: int = Field(
+        default=20, ge=1, le=500, description="At most this many findings, best first."
+    )
+    box_key: str = Field(default="box", description="Key of the boxes in the bundle's output.")
+    label_key: str = Field(default="label", description="Key of the class labels.")
+    score_key: str = Field(default="label_scores", description="Key of the scores.")
+    box_mode: str | None = Field(
+        default=None,
+        description="MONAI box mode of the output (xyzxyz, cccwhd, ...); default: the last "
+        "ConvertBoxModed's dst_mode in the postprocessing, else xyzxyz.",
+    )
+    box_space: BoxSpace | None = Field(
+        default=None,
+        description="world_lps, world_ras or image; default: read from the postprocessing.",
+    )
 
 
 class SelectionRule(_Strict):
@@ -279,7 +370,18 @@ class PipelineSpec(_Strict):
     )
     selection: SelectionSpec = Field(description="Series selection rules.")
     model: ModelSpec = Field(description="Model source.")
-    labels: list[LabelSpec] = Field(min_length=1, description="Output labels.")
+    labels: list[LabelSpec] = Field(
+        default_factory=list,
+        description="Output labels; for a bundle, overrides of the label table's codes.",
+    )
+    bundle_labels: BundleLabels | None = Field(
+        default=None,
+        description="all (every channel_def label) or listed (only `labels`); default: "
+        "listed when labels are given, else all.",
+    )
+    detection: DetectionSpec = Field(
+        default=DetectionSpec(), description="Detection only: threshold and box format."
+    )
     outputs: list[OutputKind] = Field(
         default=[OutputKind.SEG, OutputKind.SR], description="Objects to write."
     )
@@ -305,7 +407,23 @@ class PipelineSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_labels(self) -> PipelineSpec:
-        values = [label.value for label in self.labels]
+        if not self.labels and self.model.kind is not ModelKind.BUNDLE:
+            raise ValueError("labels: at least one is required (only a bundle brings its own)")
+        if not self.labels and self.task is TaskKind.DETECTION:
+            raise ValueError("labels: a detection pipeline names the class(es) it reports")
+        if self.bundle_labels is not None and self.model.kind is not ModelKind.BUNDLE:
+            raise ValueError("bundle_labels is only for a bundle model")
+        if self.bundle_labels is BundleLabels.LISTED and not self.labels:
+            raise ValueError("bundle_labels: listed needs labels")
+        if self.model.kind is not ModelKind.BUNDLE or self.task is TaskKind.DETECTION:
+            missing = [label.name for label in self.labels if label.value is None]
+            if missing:
+                raise ValueError(f"label(s) {', '.join(missing)} need a value")
+        if self.task is TaskKind.SEGMENTATION:
+            zero = [label.name for label in self.labels if label.value == 0]
+            if zero:
+                raise ValueError(f"label(s) {', '.join(zero)}: 0 is the background of a label map")
+        values = [label.value for label in self.labels if label.value is not None]
         if len(set(values)) != len(values):
             raise ValueError(f"label values must be unique, got {values}")
         names = [label.name for label in self.labels]
@@ -313,14 +431,25 @@ class PipelineSpec(_Strict):
             raise ValueError(f"label names must be unique, got {names}")
         if self.time_limit_s <= self.soft_time_limit_s:
             raise ValueError("time_limit_s must be greater than soft_time_limit_s")
-        if self.task is TaskKind.CLASSIFICATION:
+        if self.task in (TaskKind.CLASSIFICATION, TaskKind.DETECTION):
             if self.outputs != [OutputKind.SR]:
-                raise ValueError("a classification pipeline writes exactly outputs: [sr]")
+                raise ValueError(f"a {self.task} pipeline writes exactly outputs: [sr]")
             if self.model.kind is ModelKind.BUILTIN:
-                raise ValueError("a classification pipeline needs a bundle or torchscript model")
+                raise ValueError(f"a {self.task} pipeline needs a bundle or torchscript model")
+            if self.task is TaskKind.DETECTION and self.model.kind is not ModelKind.BUNDLE:
+                raise ValueError("a detection pipeline needs a bundle model")
         elif OutputKind.SEG not in self.outputs:
             raise ValueError("a segmentation pipeline's SR and SC refer to its SEG: add 'seg'")
         return self
+
+    @property
+    def all_bundle_labels(self) -> bool:
+        """Whether every label of the bundle's ``channel_def`` is written."""
+        if self.model.kind is not ModelKind.BUNDLE or self.task is TaskKind.DETECTION:
+            return False
+        if self.bundle_labels is None:
+            return not self.labels
+        return self.bundle_labels is BundleLabels.ALL
 
     @property
     def algorithm_name(self) -> str:

@@ -25,7 +25,8 @@ from celery.signals import (
 from dicom_node.broker import celery_config
 from dicom_node.logs import decorate_handlers
 from dicom_node.settings import Settings
-from pipelines.spec import load_pipeline_specs
+from pipelines.bundle_check import CheckLevel, check_pipeline
+from pipelines.spec import PipelineSpec, load_pipeline_specs
 from worker.tasks import register_tasks
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def make_celery(settings: Settings) -> Celery:
         The app; ``app.conf.dicom_node_settings`` carries the settings to tasks.
     """
     specs = load_pipeline_specs(settings.pipelines_dir)
+    _check_bundles(specs)
     longest = max((spec.time_limit_s for spec in specs.values()), default=900)
     app = Celery("worker")
     app.conf.update(celery_config(settings.broker, longest))
@@ -129,3 +131,17 @@ def make_celery(settings: Settings) -> Celery:
     after_setup_logger.connect(_decorate, weak=False)
     after_setup_task_logger.connect(_decorate, weak=False)
     return app
+
+
+def _check_bundles(specs: dict[str, PipelineSpec]) -> None:
+    """Name, at worker start, what an enabled bundle pipeline lacks on this worker.
+
+    The worker still starts (other pipelines may run, and a job of a broken one
+    fails with its reason); the log says at once what to install.
+    """
+    for spec in specs.values():
+        if not spec.enabled:
+            continue
+        for result in check_pipeline(spec):
+            level = logging.ERROR if result.level is CheckLevel.ERROR else logging.WARNING
+            logger.log(level, "pipeline %s: %s", spec.name, result.message)

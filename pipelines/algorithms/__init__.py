@@ -7,7 +7,7 @@ shaped like the volume; masks may overlap (a body contains its lungs).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +18,7 @@ from pipelines.volume import Volume
 __all__ = ["Algorithm", "builtin_names", "get_builtin"]
 
 #: A segmentation: volume in, boolean masks by label name out.
-Algorithm = Callable[[Volume], dict[str, npt.NDArray[np.bool_]]]
+Algorithm = Callable[[Volume], Mapping[str, npt.NDArray[np.bool_]]]
 
 
 def _body_lung_threshold() -> Algorithm:

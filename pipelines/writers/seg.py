@@ -40,6 +40,7 @@ from pydicom.sr.codedict import codes
 
 from dicom_node import __version__ as node_version
 from pipelines.errors import PipelineConfigError, UnsupportedInput
+from pipelines.labelmap import LabelMapMasks
 from pipelines.spec import CodeSpec, LabelSpec, PipelineSpec, SegmentationKind
 from pipelines.uids import ResultUIDs
 from pipelines.volume import Volume
@@ -153,7 +154,12 @@ def segment_numbers(
                 f"label {label.name!r} of pipeline {spec.name!r} is not produced by its model "
                 f"(it produces: {produced})"
             )
-        if bool(np.any(masks[label.name])):
+        present = (
+            masks.present(label.name)
+            if isinstance(masks, LabelMapMasks)
+            else bool(np.any(masks[label.name]))
+        )
+        if present:
             numbers[label.name] = len(numbers) + 1
     return numbers
 
@@ -289,7 +295,9 @@ def write_seg(
         mask is empty.
     """
     numbers = segment_numbers(spec, masks)
-    for name, mask in masks.items():
+    if isinstance(masks, LabelMapMasks) and masks.labelmap.shape != volume.shape:
+        raise ValueError(f"labelmap has shape {masks.labelmap.shape}, expected {volume.shape}")
+    for name, mask in () if isinstance(masks, LabelMapMasks) else masks.items():
         if mask.shape != volume.shape:
             raise ValueError(f"mask {name!r} has shape {mask.shape}, expected {volume.shape}")
         if mask.dtype != np.bool_:
@@ -309,12 +317,16 @@ def write_seg(
         for name, number in numbers.items()
     ]
     labelmap = spec.segmentation_type == SegmentationKind.LABELMAP
-    if labelmap:
+    if isinstance(masks, LabelMapMasks):
+        # Disjoint labels of one label map: highdicom takes the segment numbers per pixel
+        # for either type, and never needs one boolean array per segment.
+        pixels: npt.NDArray[np.generic] = masks.segment_map(numbers)
+    elif labelmap:
         # One label per pixel; the later label wins where masks overlap.
         painted = np.zeros(volume.shape, dtype=np.uint8)
         for name, number in numbers.items():
             painted[masks[name]] = number
-        pixels: npt.NDArray[np.generic] = painted
+        pixels = painted
     else:
         # (frames, rows, columns, segments), frames in the order of the source headers. The
         # segment axis is outermost in memory: highdicom's per-segment slices are then
@@ -375,7 +387,7 @@ def _segment_description(
 ) -> hd.seg.SegmentDescription:
     """One segment: label, SNOMED codes, algorithm, tracking identity and colour."""
     color = hd.color.CIELabColor.from_rgb(*label.color) if label.color is not None else None
-    return hd.seg.SegmentDescription(
+    description = hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=_lo(label.label, f"label {label.name!r}"),
         segmented_property_category=code(label.category),
@@ -387,6 +399,12 @@ def _segment_description(
         tracking_id=_lo(label.label, f"label {label.name!r}"),
         display_color=color,
     )
+    if label.modifier is not None:
+        # PS3.3 C.8.20.2: the modifier (e.g. Left) sits inside the property type item.
+        description.SegmentedPropertyTypeCodeSequence[
+            0
+        ].SegmentedPropertyTypeModifierCodeSequence = [code(label.modifier)]
+    return description
 
 
 def tracking_uid(uids: ResultUIDs, label_name: str) -> str:

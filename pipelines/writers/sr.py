@@ -40,6 +40,7 @@ from pipelines.errors import PipelineError
 from pipelines.spec import LabelSpec, PipelineSpec
 from pipelines.uids import ResultUIDs, derive_uid
 from pipelines.volume import RegionStats, Volume
+from pipelines.writers.absent import absent_group
 from pipelines.writers.seg import (
     MANUFACTURER,
     code,
@@ -84,6 +85,7 @@ def write_sr(
     measurements: Mapping[str, RegionStats],
     *,
     series_number: int = SR_SERIES_NUMBER,
+    absent: Sequence[LabelSpec] = (),
 ) -> Dataset:
     """Build the SR of a job, referencing its SEG.
 
@@ -103,6 +105,9 @@ def write_sr(
         Volume and mean per label name.
     series_number : int
         Series Number of the SR.
+    absent : Sequence[LabelSpec]
+        Labels that came out empty: each gets a TID 1501 group saying Absent
+        (:func:`pipelines.writers.absent.absent_group`).
 
     Returns
     -------
@@ -148,7 +153,10 @@ def write_sr(
     report = hd.sr.MeasurementReport(
         observation_context=context,
         procedure_reported=_PROCEDURES.get(modality, codes.cid100.ImagingProcedure),
-        imaging_measurements=groups,
+        imaging_measurements=[
+            *groups,
+            *(absent_group(label, volume.datasets[0], uids, algorithm) for label in absent),
+        ],
     )
     sr = report_sr(report, [seg_dataset, *volume.instances], spec, uids, series_number)
     logger.info("sr groups=%d", len(groups))

@@ -16,7 +16,7 @@ import pydicom
 import pytest
 import redis
 
-from dicom_node.phantom import ChestPhantom
+from dicom_node.phantom import ChestPhantom, PhantomStudy
 from dicom_node.phantom_dx import ChestRadiographPhantom
 from dicom_node.result_summary import segment_labels, sr_measurements
 from dicom_node.services import OrthancHandle, RedisHandle, orthanc_study_objects, wait_until
@@ -24,7 +24,14 @@ from dicom_node.state import JobState, StateDB
 from pipelines.writers.classification_sr import ABSENT, PRESENT, PROBABILITY
 from tests.judges import dciodvfy_errors
 from tests.node_process import run_node, run_worker, storescu, write_config
-from tests.unit.pipelines.bundles import write_pipeline_yaml, write_threshold_bundle
+from tests.unit.pipelines.bundles import (
+    add_blob,
+    write_blob_detector_bundle,
+    write_detection_yaml,
+    write_pipeline_yaml,
+    write_threshold_bundle,
+)
+from tests.unit.pipelines.test_detection import BLOB, PHANTOM, check_blob_sr
 
 pytestmark = pytest.mark.slow
 
@@ -167,3 +174,37 @@ def test_bundle_results_name_its_label_and_volume(
     measured = sr_measurements(sr)
     # Body tissue of the phantom, without the lungs: several litres.
     assert 3000 < measured[1]["Volume"] < 20000
+
+
+@pytest.fixture(scope="module")
+def detection_delivered(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisHandle, orthanc: OrthancHandle
+) -> tuple[pydicom.Dataset, PhantomStudy]:
+    """A CT with a bright blob through the node, boxed by a detection bundle written here."""
+    folder = tmp_path_factory.mktemp("detection-e2e")
+    bundle = write_blob_detector_bundle(folder / "bundles" / "test_blob_detector")
+    pipelines_dir = write_detection_yaml(folder / "pipelines", bundle).parent
+    study = PHANTOM.write(folder / "ct")
+    add_blob(list(study.paths), BLOB)
+    config = write_config(
+        folder, _own_database(redis_server, 12), orthanc.dicom_port,
+        pipelines_dir=str(pipelines_dir),
+    )  # fmt: skip
+    found = _deliver(config, orthanc.http_url, folder / "ct", study.study_uid, {"SR"})
+    return found["SR"], study
+
+
+def test_detection_sr_in_orthanc_passes_dciodvfy(
+    detection_delivered: tuple[pydicom.Dataset, PhantomStudy], tmp_path: Path
+) -> None:
+    sr, _ = detection_delivered
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+
+
+def test_detection_regions_land_on_the_blob_slice_and_position(
+    detection_delivered: tuple[pydicom.Dataset, PhantomStudy],
+) -> None:
+    sr, study = detection_delivered
+    check_blob_sr(sr, study)

@@ -146,3 +146,154 @@ def write_bundle_with_network(root: Path, imports: list[str], network_def: str) 
     config["network_def"] = network_def
     config_path.write_text(json.dumps(config))
     return root
+
+
+#: HU above which the detection bundle's inferer reports a box (above bone, below metal).
+BLOB_HU = 2500.0
+
+_BLOB_INFERER = '''"""The test detector's inferer: one box around the voxels above a threshold."""
+
+import torch
+from monai.inferers.inferer import Inferer
+
+
+class BlobInferer(Inferer):
+    """Boxes (xyzxyz, edges at voxel edges), label 0 and score 0.9 around bright voxels."""
+
+    def __init__(self, threshold: float) -> None:
+        Inferer.__init__(self)
+        self.threshold = threshold
+
+    def __call__(self, inputs, network, *args, **kwargs):
+        out = network(inputs)
+        results = []
+        for image in out:
+            hits = torch.nonzero(image[0] > self.threshold)
+            if len(hits) == 0:
+                box = torch.zeros((0, 6))
+            else:
+                low = hits.min(dim=0).values.float() - 0.5
+                high = hits.max(dim=0).values.float() + 0.5
+                box = torch.cat([low, high])[None]
+            results.append({"box": box, "label": torch.zeros(len(box), dtype=torch.long),
+                            "label_scores": torch.full((len(box),), 0.9)})
+        return results
+'''
+
+
+def write_blob_detector_bundle(root: Path) -> Path:
+    """A detection bundle in Model Zoo layout whose boxes are known.
+
+    Its ``scripts/`` package holds the inferer (so the bundle root must be
+    importable); its preprocessing and postprocessing are those of
+    ``lung_nodule_ct_detection`` (``Orientationd`` RAS, ``ScaleIntensityRanged``,
+    ``ClipBoxToImaged``, ``AffineBoxToWorldCoordinated`` with ``affine_lps_to_ras``,
+    ``ConvertBoxModed`` to ``cccwhd``); the "network" is an identity convolution
+    with weights in ``models/model.pt``. The box encloses the voxels above
+    :data:`BLOB_HU`, its edges at the voxels' edges.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        The bundle directory (created).
+
+    Returns
+    -------
+    pathlib.Path
+        ``root``.
+    """
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    (root / "models").mkdir(exist_ok=True)
+    (root / "scripts").mkdir(exist_ok=True)
+    (root / "scripts" / "__init__.py").write_text("")
+    (root / "scripts" / "blob_inferer.py").write_text(_BLOB_INFERER)
+    scaled = (BLOB_HU + 1024.0) / (3071.0 + 1024.0)
+    inference: dict[str, Any] = {
+        "imports": ["$import torch"],
+        "bundle_root": ".",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "network_def": {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 1,
+                        "kernel_size": 1},
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image", "reader": "itkreader",
+             "affine_lps_to_ras": True},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -1024.0,
+             "a_max": 3071.0, "b_min": 0.0, "b_max": 1.0, "clip": True},
+            {"_target_": "EnsureTyped", "keys": "image"},
+        ]},
+        "inferer": {"_target_": "scripts.blob_inferer.BlobInferer", "threshold": scaled},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "ClipBoxToImaged", "box_keys": "box", "label_keys": "label",
+             "box_ref_image_keys": "image", "remove_empty": True},
+            {"_target_": "AffineBoxToWorldCoordinated", "box_keys": "box",
+             "box_ref_image_keys": "image", "affine_lps_to_ras": True},
+            {"_target_": "ConvertBoxModed", "box_keys": "box", "src_mode": "xyzxyz",
+             "dst_mode": "cccwhd"},
+            {"_target_": "DeleteItemsd", "keys": ["image"]},
+        ]},
+    }  # fmt: skip
+    metadata = {
+        "name": "test_blob_detector",
+        "version": "0.1.0",
+        "monai_version": "1.4.0",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "num_channels": 1}},
+            "outputs": {"pred": {"type": "object", "format": "dict", "num_channels": 1}},
+        },
+    }
+    (root / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    (root / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
+    identity = {"weight": torch.ones(1, 1, 1, 1, 1), "bias": torch.zeros(1)}
+    torch.save({"model": identity}, root / "models" / "model.pt")  # a checkpoint, keyed
+    return root
+
+
+def write_detection_yaml(folder: Path, bundle: Path, **changes: Any) -> Path:
+    """Write ``ct-test-detection.yaml`` for the blob detector into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec: dict[str, Any] = {
+        "name": "ct-test-detection",
+        "version": "0.1.0",
+        "task": "detection",
+        "selection": {"rules": [{"name": "CT", "conditions": {"Modality": "^CT$"}}]},
+        "model": {"kind": "bundle", "path": str(bundle)},
+        "detection": {"score_threshold": 0.5},
+        "algorithm": {"name": "test blob detector",
+                      "family": {"value": "123110", "scheme": "DCM",
+                                 "meaning": "Artificial Intelligence"}},
+        "labels": [{"value": 0, "name": "nodule", "label": "Nodule",
+                    "category": {"value": "49755003",
+                                 "meaning": "Morphologically Abnormal Structure"},
+                    "type": {"value": "27925004", "meaning": "Nodule"}}],
+        "outputs": ["sr"],
+        "series_description": "AI test detection (not for diagnosis)",
+    }  # fmt: skip
+    spec.update(changes)
+    path = folder / "ct-test-detection.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def add_blob(paths: list[Path], center: tuple[int, int, int], radius: int = 3) -> None:
+    """Paint a bright cube of side ``2 * radius + 1`` pixels (and 3 slices) into a CT series.
+
+    Parameters
+    ----------
+    paths : list[pathlib.Path]
+        The slices, in slice order (as :class:`dicom_node.phantom.PhantomStudy` lists them).
+    center : tuple[int, int, int]
+        ``(slice, row, column)`` of the cube's centre.
+    radius : int
+        Half the side in pixels.
+    """
+    index, row, column = center
+    for k in (index - 1, index, index + 1):
+        ds = pydicom.dcmread(paths[k])
+        pixels = ds.pixel_array.copy()
+        value = int((BLOB_HU + 500 - float(ds.RescaleIntercept)) / float(ds.RescaleSlope))
+        pixels[row - radius : row + radius + 1, column - radius : column + radius + 1] = value
+        ds.PixelData = pixels.astype(pixels.dtype).tobytes()
+        ds.save_as(paths[k], enforce_file_format=True)

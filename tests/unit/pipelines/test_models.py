@@ -79,13 +79,7 @@ def test_pipeline_label_missing_from_channel_def_is_a_config_error(
     [
         (lambda root: (root / "configs" / "metadata.json").unlink(), "metadata.json is missing"),
         (lambda root: (root / "configs" / "inference.json").unlink(), "inference.json"),
-        (lambda root: (root / "models" / "model.pt").unlink(), "needs models/model.pt"),
-        (
-            lambda root: (root / "configs" / "metadata.json").write_text(
-                json.dumps({"name": "x", "network_data_format": {}})
-            ),
-            "channel_def",
-        ),
+        (lambda root: (root / "models" / "model.pt").unlink(), "no weights"),
         (
             lambda root: torch.save({"weight": torch.zeros(3)}, root / "models" / "model.pt"),
             "does not fit",
@@ -99,6 +93,18 @@ def test_broken_bundles_are_config_errors(
     damage(root)
     with pytest.raises(PipelineConfigError, match=message):
         load_bundle(root)
+
+
+def test_segmentation_bundle_without_channel_def_is_a_config_error(
+    small_study: PhantomStudy, tmp_path: Path
+) -> None:
+    root = write_threshold_bundle(tmp_path / "bundle")
+    (root / "configs" / "metadata.json").write_text(
+        json.dumps({"name": "x", "network_data_format": {}})
+    )
+    spec = load_pipeline_specs(write_pipeline_yaml(tmp_path / "pipelines", root).parent)
+    with pytest.raises(PipelineConfigError, match="channel_def"):
+        run_pipeline(spec["ct-test-bundle"], small_study.paths, tmp_path / "out", job_id=1)
 
 
 def test_worker_keeps_models_loaded_until_their_files_change(tmp_path: Path) -> None:

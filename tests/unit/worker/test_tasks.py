@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dicom_node.settings import load_settings
 from dicom_node.spool import Spool
 from pipelines.manifest import JobRequest, ManifestStatus, read_manifest
@@ -58,3 +60,20 @@ def test_unknown_pipeline_version_fails(tmp_path: Path) -> None:
     manifest = execute_job(settings, _request(spool.node_id, pipeline_version="9.9"))
     assert manifest.status is ManifestStatus.FAILED
     assert "9.9" in manifest.reason
+
+
+def test_worker_start_names_what_an_enabled_bundle_lacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.unit.pipelines.bundles import write_pipeline_yaml, write_threshold_bundle
+    from worker.app import make_celery
+
+    bundle = write_threshold_bundle(tmp_path / "bundle")
+    (bundle / "scripts").mkdir()
+    (bundle / "scripts" / "__init__.py").write_text("import not_installed_anywhere\n")
+    folder = write_pipeline_yaml(tmp_path / "pipelines", bundle).parent
+    settings = load_settings(None, spool_dir=tmp_path / "spool", pipelines_dir=folder)
+    with caplog.at_level("WARNING", logger="worker.app"):
+        make_celery(settings)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert any("not_installed_anywhere" in r.getMessage() for r in errors)
