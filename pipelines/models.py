@@ -14,8 +14,10 @@ a TorchScript model (the label value is the output channel).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,14 @@ from pipelines.spec import ModelKind, PipelineSpec
 from pipelines.torchscript import TorchScriptModel, load_torchscript
 from pipelines.volume import Volume
 
-__all__ = ["Classifier", "classifier", "clear_model_cache", "loaded_models", "segmenter"]
+__all__ = [
+    "Classifier",
+    "classifier",
+    "clear_model_cache",
+    "loaded_models",
+    "model_digest",
+    "segmenter",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +48,66 @@ Classifier = Callable[[Radiograph], dict[str, float]]
 
 _Loaded = Bundle | TorchScriptModel
 _MODELS: dict[tuple[str, str, float], _Loaded | Algorithm] = {}
+_DIGESTS: dict[tuple[str, str, float], str] = {}
+_CHUNK = 1 << 20
 
 
 def clear_model_cache() -> None:
     """Forget every loaded model (tests; a worker keeps them for its lifetime)."""
     _MODELS.clear()
+    _DIGESTS.clear()
+
+
+def model_digest(spec: PipelineSpec) -> str:
+    """SHA-256 (hex) of what the pipeline's model is: its files, or the built-in's code.
+
+    A bundle's digest covers every file of its directory (configs and weights,
+    with their relative paths), a TorchScript model's its file, a built-in
+    algorithm's its name and the installed dicom-node version (the code is the
+    model). The Device UID of the results derives from it, so a retrained model
+    gets a new Device UID even under an unchanged pipeline version (IHE AIR).
+    Computed once per model and modification time in a process.
+
+    Parameters
+    ----------
+    spec : PipelineSpec
+        The pipeline.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+
+    Raises
+    ------
+    PipelineConfigError
+        If the model's files cannot be read.
+    """
+    if spec.model.kind is ModelKind.BUILTIN:
+        try:
+            node = version("dicom-node")
+        except PackageNotFoundError:  # a source tree that was never installed
+            node = "unknown"
+        return hashlib.sha256(f"builtin:{spec.model.name}:{node}".encode()).hexdigest()
+    path = spec.model.path
+    if path is None:
+        raise PipelineConfigError(f"pipeline {spec.name!r}: model.path is missing")
+    key = (spec.model.kind.value, str(path), _mtime(path))
+    cached = _DIGESTS.get(key)
+    if cached is not None:
+        return cached
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    try:
+        for file in files:
+            digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+            with file.open("rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    digest.update(chunk)
+    except OSError as exc:
+        raise PipelineConfigError(f"pipeline {spec.name!r}: cannot read its model ({exc})") from exc
+    _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def loaded_models() -> int:
