@@ -74,6 +74,7 @@ __all__ = [
     "SQUARE_MILLIMETER",
     "SR_SERIES_NUMBER",
     "VOLUME",
+    "device_observer",
     "observation_context",
     "procedure_reported",
     "report_sr",
@@ -245,7 +246,7 @@ def report_sr(
 
 
 def observation_context(spec: PipelineSpec, uids: ResultUIDs) -> hd.sr.ObservationContext:
-    """The observer of a report: the algorithm, as a device (TID 1004).
+    """The observer of a report: the algorithm, as a device (TID 1002, 1004).
 
     Parameters
     ----------
@@ -260,16 +261,32 @@ def observation_context(spec: PipelineSpec, uids: ResultUIDs) -> hd.sr.Observati
     highdicom.sr.ObservationContext
         A device observer named by the algorithm.
     """
+    return hd.sr.ObservationContext(observer_device_context=device_observer(spec, uids))
+
+
+def device_observer(spec: PipelineSpec, uids: ResultUIDs) -> hd.sr.ObserverContext:
+    """The algorithm as a device observer (TID 1004): its Device UID, name and maker.
+
+    Parameters
+    ----------
+    spec : PipelineSpec
+        The pipeline.
+    uids : ResultUIDs
+        The job's UIDs (their Device UID).
+
+    Returns
+    -------
+    highdicom.sr.ObserverContext
+        Observer type (121007, DCM, "Device").
+    """
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=uids.device_uid,
         name=spec.algorithm_name,
         manufacturer_name=MANUFACTURER,
         model_name=spec.name,
     )
-    return hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device, observer_identifying_attributes=device
-        )
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device, observer_identifying_attributes=device
     )
 
 
