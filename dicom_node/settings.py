@@ -31,6 +31,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from pipelines.spec import OutputKind
+
 __all__ = [
     "AllowedCaller",
     "BrokerSettings",
@@ -297,6 +299,12 @@ class DestinationSettings(_Section):
     timeout_s: float = Field(default=30, gt=0, description="Network and DIMSE timeout.")
     tls: ClientTlsSettings = Field(
         default_factory=ClientTlsSettings, description="TLS towards this archive."
+    )
+    outputs: list[OutputKind] | None = Field(
+        default=None,
+        description="Result kinds this destination receives (seg, sr, sc, gsps, rtstruct, kos, "
+        "pdf); empty or absent: what each pipeline declares. A legacy PACS: [sc, gsps]; an "
+        "OHIF/dcm4chee archive: [seg, sr].",
     )
 
     @model_validator(mode="after")

@@ -8,7 +8,9 @@ Each pass does, in order (export in a thread of its own):
 3. **collect**: a job's ``manifest.json`` on the spool says how it ended; the
    Celery state tells when it started running;
 4. **recover lost**: jobs neither the broker nor a live worker holds are sent again;
-5. **export**: due export rows are sent to their destinations, with backoff.
+5. **export**: due export rows are sent to their destinations, with backoff;
+   each destination has rows for the result kinds it receives only
+   (:mod:`dicom_node.profiles`).
 
 Every step reads its work from the state DB, so a restarted node resumes where
 the previous one stopped.
@@ -29,6 +31,7 @@ from celery import Celery
 from dicom_node.broker import broker_holdings, send_job, task_state, tasks_on_live_workers
 from dicom_node.export import next_attempt, send_files
 from dicom_node.phi import study_tag
+from dicom_node.profiles import job_outputs, receives
 from dicom_node.routing import route_study
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
@@ -172,6 +175,7 @@ class Supervisor:
                 pipeline_version=job.pipeline_version,
                 inputs=list(job.inputs),
                 output_dir=self.spool.relative(self.spool.job_dir(job.id)),
+                outputs=job_outputs(spec, self.settings.export.destinations),
             )
             try:
                 task_id = send_job(
@@ -282,16 +286,24 @@ class Supervisor:
             return
         if job.state is JobState.QUEUED:
             self.state.set_job_state(job.id, JobState.RUNNING)
-        objects = [
-            (self.spool.relative(job_dir / out.file), out.sop_instance_uid)
+        # Each destination gets only the kinds it receives (dicom_node.profiles).
+        spec = self.pipelines.get(job.pipeline)
+        deliveries = [
+            (dest.name, self.spool.relative(job_dir / out.file), out.sop_instance_uid)
+            for dest in self.settings.export.destinations
             for out in manifest.outputs
+            if out.kind in receives(dest, spec)
         ]
-        destinations = [d.name for d in self.settings.export.destinations]
-        if objects and destinations:
-            self.state.create_exports(job.id, destinations, objects, manifest.measurements)
+        if deliveries:
+            self.state.create_exports(job.id, deliveries, manifest.measurements)
         else:
             self.state.set_job_state(job.id, JobState.DONE, measurements=manifest.measurements)
-        logger.info("job %d finished on the worker: %d objects", job.id, len(objects))
+        logger.info(
+            "job %d finished on the worker: %d objects, %d deliveries",
+            job.id,
+            len(manifest.outputs),
+            len(deliveries),
+        )
 
     def export(self) -> None:
         """Send due exports, one association per (job, destination)."""

@@ -61,6 +61,11 @@ class JobRequest(BaseModel):
     pipeline_version: str = Field(description="Version the node routed with.")
     inputs: list[str] = Field(min_length=1, description="Spool-relative paths of the instances.")
     output_dir: str = Field(description="Spool-relative folder for the results.")
+    outputs: list[OutputKind] = Field(
+        default_factory=list,
+        description="Result kinds to write (what the destinations receive); empty: the "
+        "pipeline's own outputs.",
+    )
 
 
 class OutputObject(BaseModel):
