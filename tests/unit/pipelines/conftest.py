@@ -11,7 +11,7 @@ import pytest
 
 from dicom_node.phantom import PhantomStudy
 from pipelines.run import run_pipeline
-from pipelines.spec import PipelineSpec, load_pipeline_specs
+from pipelines.spec import OutputKind, PipelineSpec, load_pipeline_specs
 from tests.unit.pipelines.phantom_series import SENTINEL_NAME, SMALL, PipelineResult
 
 REPO = Path(__file__).resolve().parents[3]
@@ -38,4 +38,21 @@ def pipeline_result(
     """``run_pipeline`` on the small phantom, once per session."""
     output_dir = tmp_path_factory.mktemp("job-1")
     manifest = run_pipeline(body_lung_spec, small_study.paths, output_dir, job_id=1)
+    return PipelineResult(study=small_study, manifest=manifest, output_dir=output_dir)
+
+
+@pytest.fixture(scope="session")
+def every_kind(
+    small_study: PhantomStudy,
+    body_lung_spec: PipelineSpec,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> PipelineResult:
+    """``run_pipeline`` asked for every result kind, the lungs marked as findings."""
+    labels = [
+        label.model_copy(update={"finding": label.name != "body"})
+        for label in body_lung_spec.labels
+    ]
+    spec = body_lung_spec.model_copy(update={"labels": labels})
+    output_dir = tmp_path_factory.mktemp("job-every-kind")
+    manifest = run_pipeline(spec, small_study.paths, output_dir, job_id=2, outputs=list(OutputKind))
     return PipelineResult(study=small_study, manifest=manifest, output_dir=output_dir)
