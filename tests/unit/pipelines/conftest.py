@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dicom_node.phantom import PhantomStudy
+from dicom_node.phantom_dx import ChestRadiographPhantom
 from pipelines.run import run_pipeline
 from pipelines.spec import OutputKind, PipelineSpec, load_pipeline_specs
 from tests.unit.pipelines.phantom_series import SENTINEL_NAME, SMALL, PipelineResult
@@ -56,3 +57,13 @@ def every_kind(
     output_dir = tmp_path_factory.mktemp("job-every-kind")
     manifest = run_pipeline(spec, small_study.paths, output_dir, job_id=2, outputs=list(OutputKind))
     return PipelineResult(study=small_study, manifest=manifest, output_dir=output_dir)
+
+
+@pytest.fixture(scope="session")
+def classified_every_kind(tmp_path_factory: pytest.TempPathFactory) -> PipelineResult:
+    """The shipped DX classifier asked for SR, KOS and PDF on radiographs, some with a nodule."""
+    spec = load_pipeline_specs(REPO / "config" / "pipelines")["dx-chest-nodule"]
+    folder = tmp_path_factory.mktemp("dx-every-kind")
+    study = ChestRadiographPhantom(size=256, seed=11).write(folder / "in", (True, False, True))
+    manifest = run_pipeline(spec, study.paths, folder / "out", job_id=3, outputs=list(OutputKind))
+    return PipelineResult(study=study, manifest=manifest, output_dir=folder / "out")  # type: ignore[arg-type]
