@@ -24,11 +24,11 @@ Each segment also gets a TID 1410 "Planar ROI Measurements and Qualitative
 Evaluations" group with the same Tracking UID: its outline on the slice where
 its cross-section is largest, as a SCOORD POLYLINE on that source image (its
 SOP Instance and, for a multi-frame source, frame), with the cross-section's
-area (42798000, SCT, "Area") in mm2. Viewers that draw SR measurements on
-images need such a region: OHIF's SR viewport reads each group's SCOORD or
-SCOORD3D and its Referenced SOP Sequence, merges the groups of one Tracking UID
-into one measurement (so it lists the volume, the mean and the area) and jumps
-to that image; a group without a region stopped its viewport with a TypeError.
+area (42798000, SCT, "Area") in mm2, and for anatomy its Finding Site. Viewers
+that draw SR measurements on images need such a region: OHIF's SR viewport
+reads each group's SCOORD or SCOORD3D and its Referenced SOP Sequence, merges
+the groups of one Tracking UID into one measurement (so it lists the volume,
+the mean, the area and the site) and jumps to that image; a group without a region stopped its viewport with a TypeError.
 dcmqi and 3D Slicer keep reading the volumetric groups.
 
 Procedure Reported names the imaging procedure: the source's own Procedure
@@ -93,6 +93,8 @@ MEAN = hd.sr.CodedConcept("373098007", "SCT", "Mean")
 HOUNSFIELD_UNIT = hd.sr.CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit")
 AREA = hd.sr.CodedConcept("42798000", "SCT", "Area")
 SQUARE_MILLIMETER = hd.sr.CodedConcept("mm2", "UCUM", "square millimeter")
+#: Segmented Property Category (SCT) of anatomy, as opposed to findings.
+ANATOMICAL_STRUCTURE = "123037004"
 
 # CID 100 "Quantitative Diagnostic Imaging Procedures" by modality; others get the generic code.
 _PROCEDURES = {
@@ -416,6 +418,13 @@ def _planar_group(
         unit=SQUARE_MILLIMETER,
         algorithm_id=algorithm,
     )
+    # An anatomical structure is where it is: its own code is its Finding Site, which
+    # OHIF prints under the measurements, so the reader sees which structure they are.
+    sites = (
+        [hd.sr.FindingSite(anatomic_location=code(label.type))]
+        if label.category.value == ANATOMICAL_STRUCTURE
+        else None
+    )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=tracking_uid(uids, label.name), identifier=label.label
@@ -423,6 +432,7 @@ def _planar_group(
         referenced_region=region,
         finding_type=code(label.type),
         finding_category=code(label.category),
+        finding_sites=sites,
         algorithm_id=algorithm,
         measurements=[area],
     )
