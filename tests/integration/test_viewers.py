@@ -222,7 +222,7 @@ def test_ohif_draws_the_seg_over_the_lungs_and_lists_the_sr_volumes(
     k = int(np.argmax((labels == PhantomLabel.RIGHT_LUNG).sum(axis=(1, 2))))
     ox, oy, oz = PHANTOM.origin_mm
     z = oz + k * PHANTOM.slice_thickness_mm
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page = browser.new_page(viewport={"width": 1100, "height": 720})
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     with serve_ohif(delivered.ohif.http_port) as ohif:
