@@ -28,8 +28,9 @@ area (42798000, SCT, "Area") in mm2, and for anatomy its Finding Site. Viewers
 that draw SR measurements on images need such a region: OHIF's SR viewport
 reads each group's SCOORD or SCOORD3D and its Referenced SOP Sequence, merges
 the groups of one Tracking UID into one measurement (so it lists the volume,
-the mean, the area and the site) and jumps to that image; a group without a region stopped its viewport with a TypeError.
-dcmqi and 3D Slicer keep reading the volumetric groups.
+the mean, the area and the site) and jumps to that image; a group without a
+region stopped its viewport with a TypeError. dcmqi and 3D Slicer keep reading
+the volumetric groups.
 
 Procedure Reported names the imaging procedure: the source's own Procedure
 Code Sequence where it has one, else the CID 100 code of its modality

@@ -24,7 +24,7 @@ def _even_odd(contours: tuple[np.ndarray, ...], shape: tuple[int, int]) -> np.nd
     filled = np.zeros(shape, dtype=bool)
     for contour in contours:
         inside = np.zeros(shape, dtype=bool)
-        rows, columns = fill_polygon(contour[:, 0], contour[:, 1], shape)
+        rows, columns = fill_polygon(contour[:, 0], contour[:, 1], shape)  # type: ignore[no-untyped-call]
         inside[rows, columns] = True
         filled ^= inside
     return filled

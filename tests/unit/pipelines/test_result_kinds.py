@@ -180,9 +180,9 @@ def test_rtstruct_read_back_by_plastimatch(every_kind: PipelineResult, tmp_path:
     for name, by_slice in masks.items():
         seg = np.stack([by_slice[k] for k in sorted(by_slice)])
         # ITK's NIfTI keeps the index order (column, row, slice); the slices sorted as the CT's.
-        read = np.transpose(
-            np.asarray(nib.load(tmp_path / "masks" / f"{name}.nii.gz").dataobj) > 0, (2, 1, 0)
-        )
+        image = nib.load(tmp_path / "masks" / f"{name}.nii.gz")
+        assert isinstance(image, nib.Nifti1Image)
+        read = np.transpose(np.asarray(image.dataobj) > 0, (2, 1, 0))
         assert read.shape == seg.shape
         dice = 2 * (read & seg).sum() / (read.sum() + seg.sum())
         assert dice > 0.98, (name, dice)
@@ -199,12 +199,19 @@ def test_kos_selects_the_lungs_key_images(every_kind: PipelineResult) -> None:
         for item in kos.ContentSequence
         if item.ValueType == "IMAGE"
     }
-    sr = hd.sr.srread(every_kind.output_dir / "sr.dcm")
-    key = {
-        str(g.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-        for g in sr.content.get_planar_roi_measurement_groups()
+    report = hd.sr.srread(every_kind.output_dir / "sr.dcm").content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    regions = [
+        g.roi
+        for g in report.get_planar_roi_measurement_groups()
         if str(g.tracking_identifier) != "Body"
+    ]
+    key = {
+        str(region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for region in regions
+        if region is not None
     }
+    assert len(regions) == 2
     assert selected == key
     (description,) = [
         item.TextValue
@@ -253,7 +260,8 @@ def _fill(
     """Rasterise a polygon given in DICOM (column, row) image coordinates by pixel centres."""
     points = np.asarray(points, dtype=np.float64)
     offset = 0.5 if half_pixel else 0.0
-    rows, columns = fill_polygon(points[:, 1] - offset, points[:, 0] - offset, shape[:2])
+    # scikit-image ships no type hints.
+    rows, columns = fill_polygon(points[:, 1] - offset, points[:, 0] - offset, shape[:2])  # type: ignore[no-untyped-call]
     filled = np.zeros(shape[:2], dtype=bool)
     filled[rows, columns] = True
     return filled
