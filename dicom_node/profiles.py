@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dicom_node.settings import DestinationSettings
 from pipelines.spec import OutputKind, PipelineSpec
 
-__all__ = ["job_outputs", "receives"]
+__all__ = ["delivered", "job_outputs", "receives"]
 
 
 def receives(destination: DestinationSettings, spec: PipelineSpec | None) -> frozenset[OutputKind]:
@@ -79,3 +79,22 @@ def job_outputs(
     for destination in destinations:
         wanted |= receives(destination, spec)
     return list(spec.producible(wanted))
+
+
+def delivered(destination: DestinationSettings, spec: PipelineSpec) -> list[OutputKind]:
+    """What a destination gets from a pipeline's jobs: what it receives that the task writes.
+
+    Parameters
+    ----------
+    destination : DestinationSettings
+        The destination.
+    spec : PipelineSpec
+        The pipeline.
+
+    Returns
+    -------
+    list[OutputKind]
+        In :class:`OutputKind` order; empty when the pipeline writes nothing it takes.
+    """
+    kinds = receives(destination, spec)
+    return [kind for kind in spec.producible(kinds) if kind in kinds]
