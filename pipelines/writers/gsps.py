@@ -10,10 +10,11 @@ in that layer:
   (:mod:`pipelines.outline`), each carrying the segment's Tracking UID;
 - a text object with the segment's label above its outline;
 - the outline as pixels, a one-bit overlay plane (PS3.3 C.9.2) activated in the
-  layer (Overlay Activation Layer, C.11.7), for renderers that draw overlays
-  but not graphics, such as dcmtk's ``dcmp2pgm``. A presentation state has 16
-  overlay groups; segments past the sixteenth on one image keep their vector
-  outline only.
+  layer (Overlay Activation Layer, C.11.7), for displays that draw overlays but
+  not graphics. A presentation state has 16 overlay groups; segments past the
+  sixteenth on one image keep their vector outline only. (dcmtk's ``dcmp2pgm``
+  reads both, the graphics and the overlays it writes out as bitmaps, but its
+  8-bit rendering draws neither; the tests read what it parsed.)
 
 Why one presentation state per image: an overlay in a presentation state
 applies to every image it references, and each image has outlines of its own.
@@ -98,7 +99,7 @@ def write_gsps(
     Returns
     -------
     list[pydicom.dataset.Dataset]
-        ``highdicom.pr.GrayscaleSoftcopyPresentationState`` objects, in slice order.
+        Grayscale Softcopy Presentation States, in slice order.
 
     Raises
     ------
@@ -118,7 +119,7 @@ def write_gsps(
         for name, number in numbers.items()
     }
     for layer in layers.values():
-        # For grayscale displays, and the value renderers such as dcmtk draw overlays in.
+        # For grayscale displays, and the value a display draws the layer's overlays in.
         layer.GraphicLayerRecommendedDisplayGrayscaleValue = _WHITE
     touched = sorted({k for name in numbers for k in outlines.slices(name)})
     if not touched:
