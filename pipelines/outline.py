@@ -10,8 +10,7 @@ A contour is traced with scikit-image's marching squares
 every contour is closed and runs between the pixel centres inside the mask and
 those outside it: filling the polygon by the "pixel centre inside" rule (as RT
 planning systems and plastimatch do) gives the mask back. Vertices on straight
-runs are dropped (``approximate_polygon``, tolerance 0.5 pixel), which keeps
-the polygon within half a pixel of the traced one.
+runs and 45-degree staircases are dropped; the polygon stays the same.
 
 Coordinates:
 
@@ -32,8 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
-from skimage.measure import approximate_polygon, find_contours
+from skimage.measure import find_contours
 
 from pipelines.volume import Volume
 
@@ -49,9 +47,6 @@ __all__ = [
 
 #: A closed polygon, ``(N, 2)`` float64 ``(row, column)`` index coordinates, last point = first.
 Contour = npt.NDArray[np.float64]
-
-# Vertices closer than this (pixels) to the straight line through their neighbours are dropped.
-_TOLERANCE_PX = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,16 +164,33 @@ def _trace_slice(mask: npt.NDArray[np.bool_]) -> tuple[Contour, ...]:
     padded = np.pad(crop, 1).astype(np.float32)
     offset = np.array([r0 - 1, c0 - 1], dtype=np.float64)
     contours = []
-    # scikit-image ships no type hints for these two.
+    # scikit-image ships no type hints.
     for traced in find_contours(padded, 0.5):  # type: ignore[no-untyped-call]
-        simplified = approximate_polygon(traced, tolerance=_TOLERANCE_PX)  # type: ignore[no-untyped-call]
-        polygon = np.asarray(simplified, dtype=np.float64) + offset
-        if not np.array_equal(polygon[0], polygon[-1]):
-            polygon = np.vstack([polygon, polygon[:1]])
+        polygon = _without_collinear(np.asarray(traced, dtype=np.float64)) + offset
         if len(polygon) >= 4:  # a closed triangle at least
             contours.append(polygon)
     contours.sort(key=lambda c: -abs(polygon_area(c)))
     return tuple(contours)
+
+
+def _without_collinear(polygon: Contour) -> Contour:
+    """Drop the vertices where a closed polygon goes on in the same direction.
+
+    Marching squares on a binary mask puts a vertex at every pixel edge it
+    crosses, so straight runs and 45-degree staircases are long chains of
+    collinear vertices. Dropping them loses nothing: the polygon is the same.
+    """
+    if not np.array_equal(polygon[0], polygon[-1]):
+        polygon = np.vstack([polygon, polygon[:1]])
+    steps = np.diff(polygon, axis=0)
+    # The vertex before each step turns if this step's direction differs from the last one's.
+    previous = np.roll(steps, 1, axis=0)
+    turns = np.abs(previous[:, 0] * steps[:, 1] - previous[:, 1] * steps[:, 0]) > 1e-9
+    turns |= np.einsum("ij,ij->i", previous, steps) < 0  # a reversal is a turn too
+    kept = polygon[:-1][turns]
+    if len(kept) == 0:
+        return polygon
+    return np.vstack([kept, kept[:1]])
 
 
 def polygon_area(contour: Contour) -> float:
@@ -211,8 +223,19 @@ def edge(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     numpy.ndarray
         Boolean, same shape; the mask's pixels with a neighbour outside it.
     """
-    inner: npt.NDArray[np.bool_] = ndimage.binary_erosion(mask, border_value=0)
-    return mask & ~inner
+    out = np.zeros_like(mask)
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return out
+    columns = np.flatnonzero(mask.any(axis=0))
+    # Erode only the mask's bounding box (plus one pixel): outlines are small, slices are not.
+    r0, r1 = max(int(rows[0]) - 1, 0), int(rows[-1]) + 2
+    c0, c1 = max(int(columns[0]) - 1, 0), int(columns[-1]) + 2
+    crop = np.pad(mask[r0:r1, c0:c1], 1)
+    # A pixel is inner when it and its four neighbours are in the mask (a cross erosion).
+    inner = crop[1:-1, 1:-1] & crop[:-2, 1:-1] & crop[2:, 1:-1] & crop[1:-1, :-2] & crop[1:-1, 2:]
+    out[r0:r1, c0:c1] = crop[1:-1, 1:-1] & ~inner
+    return out
 
 
 def to_image_coordinates(contour: Contour) -> npt.NDArray[np.float32]:

@@ -43,6 +43,7 @@ from pipelines.outline import Outlines, edge, to_image_coordinates
 from pipelines.spec import LabelSpec, PipelineSpec
 from pipelines.uids import ResultUIDs
 from pipelines.volume import Volume
+from pipelines.writers.encoded import floats
 from pipelines.writers.sc import label_colours
 from pipelines.writers.seg import (
     MANUFACTURER,
@@ -234,16 +235,7 @@ def _annotation(
     track = tracking_uid(uids, name)
     text = label.label[:64]
     contours = outlines.contours[name][slice_index]
-    graphics = [
-        hd.pr.GraphicObject(
-            graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
-            graphic_data=to_image_coordinates(contour),
-            units=hd.pr.AnnotationUnitsValues.PIXEL,
-            tracking_id=text,
-            tracking_uid=track,
-        )
-        for contour in contours
-    ]
+    graphics = [_polyline(to_image_coordinates(contour), text, track) for contour in contours]
     points = to_image_coordinates(contours[0])
     columns = float(source.Columns)
     centre = float(points[:, 0].mean())
@@ -263,6 +255,25 @@ def _annotation(
     item.GraphicLayer = layer.GraphicLayer
     item.TextObjectSequence = [caption]
     item.GraphicObjectSequence = graphics
+    return item
+
+
+def _polyline(points: npt.NDArray[np.float32], text: str, track: str) -> Dataset:
+    """A Graphic Object Sequence item (PS3.3 C.10.5.1.2): a closed outline in pixels.
+
+    The item highdicom's ``GraphicObject`` makes, with the points encoded at once
+    (:mod:`pipelines.writers.encoded`).
+    """
+    item = Dataset()
+    item.GraphicAnnotationUnits = "PIXEL"
+    item.GraphicDimensions = 2
+    item.NumberOfGraphicPoints = len(points)
+    element = floats("GraphicData", points)
+    item[element.tag] = element
+    item.GraphicType = "POLYLINE"
+    item.GraphicFilled = "N"
+    item.TrackingID = text
+    item.TrackingUID = track
     return item
 
 

@@ -30,6 +30,7 @@ from pipelines.outline import Outlines, to_patient
 from pipelines.spec import LabelSpec, PipelineSpec
 from pipelines.uids import ResultUIDs
 from pipelines.volume import Volume
+from pipelines.writers.encoded import decimal_strings
 from pipelines.writers.sc import label_colours
 from pipelines.writers.seg import (
     MANUFACTURER,
@@ -204,7 +205,8 @@ def _contours(
             contour.ContourImageSequence = [reference]
             contour.ContourGeometricType = "CLOSED_PLANAR"
             contour.NumberOfContourPoints = len(points)
-            contour.ContourData = [f"{v:.3f}" for v in points.ravel()]
+            element = decimal_strings("ContourData", points)
+            contour[element.tag] = element
             contours.append(contour)
     item = Dataset()
     item.ROIDisplayColor = list(colour)

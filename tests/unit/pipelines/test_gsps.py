@@ -5,6 +5,8 @@ from __future__ import annotations
 from io import BytesIO
 from pathlib import Path
 
+import highdicom as hd
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
@@ -66,3 +68,26 @@ def test_fast_path_equals_highdicoms_object_for_the_same_image(every_kind: Pipel
                 item.ReferencedImageSequence[0].ReferencedSOPInstanceUID
                 == image.ReferencedSOPInstanceUID
             )
+
+
+def test_graphic_objects_equal_highdicoms(every_kind: PipelineResult) -> None:
+    """The hand-encoded outlines hold what highdicom's GraphicObject would for the same points."""
+    ours = pydicom.dcmread(every_kind.output_dir / "gsps-0012.dcm")
+    for annotation in ours.GraphicAnnotationSequence:
+        for item in annotation.GraphicObjectSequence:
+            points = np.asarray(item.GraphicData, dtype=np.float32).reshape(-1, 2)
+            theirs = hd.pr.GraphicObject(
+                graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
+                graphic_data=points,
+                units=hd.pr.AnnotationUnitsValues.PIXEL,
+                tracking_id=item.TrackingID,
+                tracking_uid=item.TrackingUID,
+            )
+            buffer = BytesIO()
+            wrapper = Dataset()
+            wrapper.GraphicObjectSequence = [theirs]
+            pydicom.dcmwrite(buffer, wrapper, implicit_vr=False, little_endian=True)
+            read = pydicom.dcmread(BytesIO(buffer.getvalue()), force=True).GraphicObjectSequence[0]
+            assert _plain(item) == _plain(read)
+            assert item.NumberOfGraphicPoints == len(points) > 3
+            np.testing.assert_array_equal(points[0], points[-1])  # closed
