@@ -2,8 +2,8 @@
 
 The SR's planar region (SCOORD), the presentation state's graphics (GSPS), the
 RT Structure Set's contours and the PDF's key images all draw the same thing:
-the boundary of a segment on a source slice. It is traced once per job here
-(:func:`trace`) and handed to each writer as :class:`Outlines`.
+the boundary of a segment on a source slice. One :class:`Outlines` per job
+(:func:`trace`) is handed to each writer; each slice is traced at most once.
 
 A contour is traced with scikit-image's marching squares
 (``skimage.measure.find_contours``) at level 0.5 of the zero-padded mask, so
@@ -27,7 +27,6 @@ Coordinates:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -49,21 +48,40 @@ __all__ = [
 Contour = npt.NDArray[np.float64]
 
 
-@dataclass(frozen=True, slots=True)
 class Outlines:
-    """The contours of every segment on every slice it touches.
+    """The outlines of every segment on every slice it touches, traced when first asked for.
+
+    The areas (pixels per slice) are counted at once; a slice's contours are
+    traced the first time a writer asks for them and kept. An SR needs one slice
+    per segment, presentation states and structure sets need them all; a job
+    that writes only the SR traces three slices, not three hundred.
+
+    Parameters
+    ----------
+    masks : Mapping[str, numpy.ndarray]
+        Boolean ``(slices, rows, columns)`` mask per label name.
 
     Attributes
     ----------
-    contours : dict[str, dict[int, tuple[Contour, ...]]]
-        Label name, then slice index, then the closed contours on that slice
-        (outer boundaries and holes alike), largest area first.
     areas : dict[str, dict[int, int]]
-        Label name, then slice index, then the number of mask pixels there.
+        Label name, then slice index, then the number of mask pixels there
+        (only slices the label touches).
+
+    Raises
+    ------
+    ValueError
+        If a mask is not a 3-D boolean array.
     """
 
-    contours: dict[str, dict[int, tuple[Contour, ...]]] = field(default_factory=dict)
-    areas: dict[str, dict[int, int]] = field(default_factory=dict)
+    def __init__(self, masks: Mapping[str, npt.NDArray[np.bool_]]) -> None:
+        self._masks = dict(masks)
+        self._contours: dict[tuple[str, int], tuple[Contour, ...]] = {}
+        self.areas: dict[str, dict[int, int]] = {}
+        for name, mask in masks.items():
+            if mask.ndim != 3 or mask.dtype != np.bool_:
+                raise ValueError(f"mask {name!r} must be a 3-D boolean array, got {mask.dtype}")
+            counts = mask.reshape(mask.shape[0], -1).sum(axis=1)
+            self.areas[name] = {int(k): int(counts[k]) for k in np.flatnonzero(counts)}
 
     def slices(self, name: str) -> list[int]:
         """The slice indices a label's mask touches, in order.
@@ -78,7 +96,29 @@ class Outlines:
         list[int]
             Empty when the label has no voxel.
         """
-        return sorted(self.contours.get(name, {}))
+        return sorted(self.areas.get(name, {}))
+
+    def contours(self, name: str, slice_index: int) -> tuple[Contour, ...]:
+        """The closed contours of a label on one slice (outer boundaries and holes), largest first.
+
+        Parameters
+        ----------
+        name : str
+            Label name.
+        slice_index : int
+            The slice.
+
+        Returns
+        -------
+        tuple[Contour, ...]
+            Empty when the label does not touch that slice.
+        """
+        if slice_index not in self.areas.get(name, {}):
+            return ()
+        key = (name, slice_index)
+        if key not in self._contours:
+            self._contours[key] = _trace_slice(self._masks[name][slice_index])
+        return self._contours[key]
 
     def representative_slice(self, name: str) -> int | None:
         """The slice where a label's cross-section is largest (its key image).
@@ -118,11 +158,14 @@ class Outlines:
         KeyError
             If the label does not touch that slice.
         """
-        return self.contours[name][slice_index][0]
+        contours = self.contours(name, slice_index)
+        if not contours:
+            raise KeyError(f"label {name!r} has no outline on slice {slice_index}")
+        return contours[0]
 
 
 def trace(masks: Mapping[str, npt.NDArray[np.bool_]]) -> Outlines:
-    """Trace the outline of each mask on each slice it touches.
+    """The outlines of each mask on each slice it touches (traced when first asked for).
 
     Parameters
     ----------
@@ -132,26 +175,14 @@ def trace(masks: Mapping[str, npt.NDArray[np.bool_]]) -> Outlines:
     Returns
     -------
     Outlines
-        Contours and areas by label and slice.
+        Areas now, contours on demand.
 
     Raises
     ------
     ValueError
         If a mask is not a 3-D boolean array.
     """
-    outlines = Outlines()
-    for name, mask in masks.items():
-        if mask.ndim != 3 or mask.dtype != np.bool_:
-            raise ValueError(f"mask {name!r} must be a 3-D boolean array, got {mask.dtype}")
-        by_slice: dict[int, tuple[Contour, ...]] = {}
-        areas: dict[int, int] = {}
-        counts = mask.reshape(mask.shape[0], -1).sum(axis=1)
-        for k in np.flatnonzero(counts):
-            by_slice[int(k)] = _trace_slice(mask[k])
-            areas[int(k)] = int(counts[k])
-        outlines.contours[name] = by_slice
-        outlines.areas[name] = areas
-    return outlines
+    return Outlines(masks)
 
 
 def _trace_slice(mask: npt.NDArray[np.bool_]) -> tuple[Contour, ...]:

@@ -128,7 +128,7 @@ def write_gsps(
     template = _template(volume.datasets[touched[0]], spec, uids, series_number)
     states: list[Dataset] = []
     for k in touched:
-        present = [name for name in numbers if k in outlines.contours[name]]
+        present = [name for name in numbers if k in outlines.areas[name]]
         source = volume.datasets[k]
         frame = volume.frame_numbers[k] if volume.frame_numbers else None
         state = _copy_of(template)
@@ -234,7 +234,7 @@ def _annotation(
     """A Graphic Annotation Sequence item (PS3.3 C.10.5): a segment's outlines and label."""
     track = tracking_uid(uids, name)
     text = label.label[:64]
-    contours = outlines.contours[name][slice_index]
+    contours = outlines.contours(name, slice_index)
     graphics = [_polyline(to_image_coordinates(contour), text, track) for contour in contours]
     points = to_image_coordinates(contours[0])
     columns = float(source.Columns)

@@ -199,7 +199,7 @@ def _contours(
         reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
         if frame is not None:
             reference.ReferencedFrameNumber = frame
-        for outline in outlines.contours[name][k]:
+        for outline in outlines.contours(name, k):
             points = to_patient(volume, k, outline[:-1])  # closed: the first point is not repeated
             contour = Dataset()
             contour.ContourImageSequence = [reference]

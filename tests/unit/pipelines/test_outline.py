@@ -35,11 +35,11 @@ def test_contours_give_the_mask_back_within_one_pixel_at_the_boundary() -> None:
     masks = _ring()
     outlines = trace({"ring": masks})
     assert outlines.slices("ring") == [0, 2]
-    ring = outlines.contours["ring"][0]
+    ring = outlines.contours("ring", 0)
     assert len(ring) == 2  # the outer boundary and the hole, largest first
     assert abs(polygon_area(ring[0])) > abs(polygon_area(ring[1]))
     for k in (0, 2):
-        back = _even_odd(outlines.contours["ring"][k], masks[k].shape)
+        back = _even_odd(outlines.contours("ring", k), masks[k].shape)
         assert (back ^ masks[k]).sum() <= 0.05 * masks[k].sum()
         assert not ((back ^ masks[k]) & ~(edge(masks[k]) | edge(~masks[k]))).any()
     assert outlines.areas["ring"] == {0: int(masks[0].sum()), 2: int(masks[2].sum())}
