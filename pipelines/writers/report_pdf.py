@@ -42,9 +42,10 @@ from pipelines.radiograph import Radiograph
 from pipelines.spec import PipelineSpec
 from pipelines.uids import ResultUIDs
 from pipelines.volume import RegionStats, Volume
+from pipelines.writers.instance import new_instance
 from pipelines.writers.kos import KeyImage
 from pipelines.writers.sc import burn_in, display_window, label_colours
-from pipelines.writers.seg import MANUFACTURER, contributing_equipment, software_versions
+from pipelines.writers.seg import software_versions
 
 __all__ = [
     "REPORT_SERIES_NUMBER",
@@ -254,34 +255,16 @@ def write_report_pdf(
     first = report.sources[0]
     now = datetime.datetime.now()
     pdf = _draw(report, spec, uids, first, now)
-    document = hd.base.SOPClass(
-        study_instance_uid=str(first.StudyInstanceUID),
-        series_instance_uid=uids.uid("report-series"),
-        series_number=series_number,
-        sop_instance_uid=uids.uid("report"),
+    document = new_instance(
+        first,
+        spec,
+        uids,
+        role="report",
         sop_class_uid=EncapsulatedPDFStorage,
-        instance_number=1,
         modality="DOC",
-        manufacturer=MANUFACTURER,
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        patient_id=first.get("PatientID"),
-        patient_name=first.get("PatientName"),
-        patient_birth_date=first.get("PatientBirthDate"),
-        patient_sex=first.get("PatientSex"),
-        accession_number=first.get("AccessionNumber"),
-        study_id=first.get("StudyID"),
-        study_date=first.get("StudyDate"),
-        study_time=first.get("StudyTime"),
-        referring_physician_name=first.get("ReferringPhysicianName"),
-        series_description=spec.series_description[:64],
-        manufacturer_model_name=spec.name,
-        # highdicom annotates a 1-tuple; a list is what pydicom writes as multi-valued LO.
-        software_versions=list(software_versions(spec)),  # type: ignore[arg-type]
-        device_serial_number="0",
-        content_date=now.date(),
-        content_time=now.time(),
+        series_number=series_number,
+        created=now,
     )
-    document.ContributingEquipmentSequence = [contributing_equipment(spec, uids)]
     document.ConversionType = "SYN"  # SC Equipment: made by software, not scanned
     document.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
     document.BurnedInAnnotation = "YES"  # the pages name the patient

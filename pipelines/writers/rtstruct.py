@@ -10,8 +10,9 @@ finding) and the segment's SNOMED CT code.
 
 highdicom has no RT Structure Set class and rt-utils needs OpenCV; the object
 is built with pydicom on highdicom's SOP base (patient, study, series,
-equipment, SOP common). A hole in a segment is a contour of its own, and
-planning systems fill contours by the even-odd rule, as the outlines are traced.
+equipment, SOP common: :func:`~pipelines.writers.instance.new_instance`). A
+hole in a segment is a contour of its own, and planning systems fill contours
+by the even-odd rule, as the outlines are traced.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import datetime
 import logging
 from collections.abc import Mapping
 
-import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
@@ -31,13 +31,9 @@ from pipelines.spec import LabelSpec, PipelineSpec
 from pipelines.uids import ResultUIDs
 from pipelines.volume import Volume
 from pipelines.writers.encoded import decimal_strings
+from pipelines.writers.instance import new_instance
 from pipelines.writers.sc import label_colours
-from pipelines.writers.seg import (
-    MANUFACTURER,
-    contributing_equipment,
-    segment_numbers,
-    software_versions,
-)
+from pipelines.writers.seg import segment_numbers
 
 __all__ = ["RTSTRUCT_SERIES_NUMBER", "write_rtstruct"]
 
@@ -97,32 +93,15 @@ def write_rtstruct(
     colours = label_colours(spec)
     first = volume.datasets[0]
     now = datetime.datetime.now()
-    rt = hd.base.SOPClass(
-        study_instance_uid=str(first.StudyInstanceUID),
-        series_instance_uid=uids.uid("rtstruct-series"),
-        series_number=series_number,
-        sop_instance_uid=uids.uid("rtstruct"),
+    rt = new_instance(
+        first,
+        spec,
+        uids,
+        role="rtstruct",
         sop_class_uid=RTStructureSetStorage,
-        instance_number=1,
         modality="RTSTRUCT",
-        manufacturer=MANUFACTURER,
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        patient_id=first.get("PatientID"),
-        patient_name=first.get("PatientName"),
-        patient_birth_date=first.get("PatientBirthDate"),
-        patient_sex=first.get("PatientSex"),
-        accession_number=first.get("AccessionNumber"),
-        study_id=first.get("StudyID"),
-        study_date=first.get("StudyDate"),
-        study_time=first.get("StudyTime"),
-        referring_physician_name=first.get("ReferringPhysicianName"),
-        series_description=spec.series_description[:64],
-        manufacturer_model_name=spec.name,
-        # highdicom annotates a 1-tuple; a list is what pydicom writes as multi-valued LO.
-        software_versions=list(software_versions(spec)),  # type: ignore[arg-type]
-        device_serial_number="0",
+        series_number=series_number,
     )
-    rt.ContributingEquipmentSequence = [contributing_equipment(spec, uids)]
     rt.OperatorsName = ""  # RT Series, Type 2: no person operated the algorithm
     rt.StructureSetLabel = "AI"  # Type 1, at most 16 characters
     rt.StructureSetName = spec.algorithm_name[:64]

@@ -29,7 +29,7 @@ import numpy.typing as npt
 import pydicom
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 from scipy import ndimage
 
 from dicom_node.phantom import ChestPhantom, PhantomLabel, PhantomStudy
@@ -42,6 +42,7 @@ from dicom_node.services import (
 )
 from dicom_node.state import JobState, StateDB
 from pipelines.manifest import JobManifest, read_manifest
+from tests.browsers import chromium
 from tests.node_process import REPO, run_node, run_worker, storescu, write_config
 from tests.ohif_server import serve_ohif
 
@@ -54,12 +55,9 @@ GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
-CHROMIUM = "/usr/bin/chromium"
-# Headless WebGL through SwiftShader; no network but loopback (the machine has none).
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--use-gl=angle", "--use-angle=swiftshader",
-                 "--enable-unsafe-swiftshader", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-default-apps"]  # fmt: skip
+# Headless WebGL through SwiftShader: OHIF renders with WebGL.
+WEBGL = ("--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+         "--disable-default-apps")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -148,10 +146,8 @@ def test_the_ohif_archive_receives_exactly_seg_and_sr(delivered: Delivered) -> N
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Debian's chromium, headless with SwiftShader WebGL (no browser is downloaded)."""
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium(*WEBGL) as launched:
+        yield launched
 
 
 # The viewport OHIF shows, through the cornerstone3D object the app exposes as a global.
