@@ -4,10 +4,12 @@ An outline has hundreds of points and a job has thousands of outlines. pydicom
 checks and converts every number it is given one by one (about 7 microseconds
 a number: two seconds for a GSPS series, twenty for an RT Structure Set of 300
 slices); encoding the whole array at once with NumPy and handing pydicom the
-bytes as a raw element costs almost nothing, and pydicom writes raw elements
-as they are. Every object the node writes is Explicit VR Little Endian, the
-encoding these bytes are in. ``tests/unit/pipelines/test_gsps.py`` and the
-RTSTRUCT read-back check that readers get the same numbers.
+bytes as a raw element costs almost nothing. pydicom writes raw elements as
+they are, provided the data set holding them says it is already in the file's
+encoding (:func:`item`); otherwise it decodes every value again to write it.
+Every object the node writes is Explicit VR Little Endian, the encoding these
+bytes are in. ``tests/unit/pipelines/test_gsps.py`` and the RTSTRUCT read-back
+check that readers get the same numbers.
 """
 
 from __future__ import annotations
@@ -16,9 +18,26 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-__all__ = ["decimal_strings", "floats"]
+__all__ = ["decimal_strings", "floats", "item"]
+
+# The character set pydicom gives a data set that declares none (ISO_IR 100).
+_DEFAULT_CHARACTER_SET = "iso8859"
+
+
+def item() -> Dataset:
+    """A new sequence item that may hold raw elements: it says it is Explicit VR Little Endian.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        Empty; pydicom writes its raw elements without decoding them.
+    """
+    dataset = Dataset()
+    dataset.set_original_encoding(False, True, _DEFAULT_CHARACTER_SET)
+    return dataset
 
 
 def floats(keyword: str, values: npt.ArrayLike) -> RawDataElement:

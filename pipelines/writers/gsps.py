@@ -43,7 +43,7 @@ from pipelines.outline import Outlines, edge, to_image_coordinates
 from pipelines.spec import LabelSpec, PipelineSpec
 from pipelines.uids import ResultUIDs
 from pipelines.volume import Volume
-from pipelines.writers.encoded import floats
+from pipelines.writers.encoded import floats, item
 from pipelines.writers.sc import label_colours
 from pipelines.writers.seg import (
     MANUFACTURER,
@@ -264,17 +264,17 @@ def _polyline(points: npt.NDArray[np.float32], text: str, track: str) -> Dataset
     The item highdicom's ``GraphicObject`` makes, with the points encoded at once
     (:mod:`pipelines.writers.encoded`).
     """
-    item = Dataset()
-    item.GraphicAnnotationUnits = "PIXEL"
-    item.GraphicDimensions = 2
-    item.NumberOfGraphicPoints = len(points)
+    graphic = item()
+    graphic.GraphicAnnotationUnits = "PIXEL"
+    graphic.GraphicDimensions = 2
+    graphic.NumberOfGraphicPoints = len(points)
     element = floats("GraphicData", points)
-    item[element.tag] = element
-    item.GraphicType = "POLYLINE"
-    item.GraphicFilled = "N"
-    item.TrackingID = text
-    item.TrackingUID = track
-    return item
+    graphic[element.tag] = element
+    graphic.GraphicType = "POLYLINE"
+    graphic.GraphicFilled = "N"
+    graphic.TrackingID = text
+    graphic.TrackingUID = track
+    return graphic
 
 
 def _window(source: Dataset) -> list[hd.pr.SoftcopyVOILUTTransformation] | None:

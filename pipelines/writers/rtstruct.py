@@ -30,7 +30,7 @@ from pipelines.outline import Outlines, to_patient
 from pipelines.spec import LabelSpec, PipelineSpec
 from pipelines.uids import ResultUIDs
 from pipelines.volume import Volume
-from pipelines.writers.encoded import decimal_strings
+from pipelines.writers import encoded
 from pipelines.writers.instance import new_instance
 from pipelines.writers.sc import label_colours
 from pipelines.writers.seg import segment_numbers
@@ -180,11 +180,11 @@ def _contours(
             reference.ReferencedFrameNumber = frame
         for outline in outlines.contours(name, k):
             points = to_patient(volume, k, outline[:-1])  # closed: the first point is not repeated
-            contour = Dataset()
+            contour = encoded.item()
             contour.ContourImageSequence = [reference]
             contour.ContourGeometricType = "CLOSED_PLANAR"
             contour.NumberOfContourPoints = len(points)
-            element = decimal_strings("ContourData", points)
+            element = encoded.decimal_strings("ContourData", points)
             contour[element.tag] = element
             contours.append(contour)
     item = Dataset()
