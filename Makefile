@@ -5,8 +5,13 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools chromium postgresql iproute2 \
-	prometheus systemd podman runc debootstrap uidmap
+	prometheus systemd podman runc debootstrap uidmap plastimatch poppler-utils
 STAMP := $(VENV)/.installed
+# The OHIF viewer of the viewer test: the built app (dist/) of the npm package, unpacked
+# into an ignored folder; npm pack fetches the one tarball, none of its build dependencies.
+OHIF_VERSION := 3.13.2
+OHIF_DIR := .ohif
+OHIF_STAMP := $(OHIF_DIR)/.installed-$(OHIF_VERSION)
 
 .PHONY: demo test lint bench-ingest system-deps install lock container-base container-images container-test
 
@@ -24,9 +29,10 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 # Debian packages: the broker, the archive, the sender, the validator, the browser of
-# the dashboard's test (Playwright drives Debian's chromium), PostgreSQL (the state DB's
-# tests), and for the deployment's tests promtool (prometheus), systemd-analyze, and
-# podman with runc and debootstrap (the images, built without a registry).
+# the dashboard's and viewer's tests (Playwright drives Debian's chromium), the readers
+# that check the results: plastimatch (RTSTRUCT), pdftotext (the PDF report), PostgreSQL
+# (the state DB's tests), and for the deployment's tests promtool (prometheus),
+# systemd-analyze, and podman with runc and debootstrap (the images, built without a registry).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -56,8 +62,6 @@ lock: install
 	$(LOCK) --generate-hashes --extra worker --no-emit-package torch -o requirements/worker.txt
 	$(LOCK) --extra worker --extra dev -o requirements/dev.txt
 
-install: system-deps $(STAMP)
-
 # Containers, with podman (no Docker daemon needed). No registry is needed either: the
 # base image is made by debootstrap from the Debian mirror apt already uses, the
 # companions (Redis, PostgreSQL, Orthanc, OHIF) from Debian's and npm's packages
@@ -66,7 +70,6 @@ export CONTAINERS_CONF := $(CURDIR)/deploy/podman/containers.conf
 BASE_IMAGE ?= localhost/dicom-node-base:bookworm
 DEBIAN_MIRROR ?= $(shell sed -n 's/^URIs: *//p;s/^deb  *\(http[^ ]*\).*/\1/p' \
 	/etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -1)
-OHIF_VERSION := 3.13.2
 COMPOSE := $(VENV)/bin/podman-compose -f deploy/compose.yaml -f deploy/compose.offline.yaml
 
 container-base: system-deps
@@ -96,3 +99,13 @@ container-images: install container-base
 # waits for its SEG and SR in the stack's Orthanc, then takes the stack down.
 container-test: container-images
 	$(VENV)/bin/python -m pytest -q tests/deploy/test_compose.py
+
+$(OHIF_STAMP): | system-deps
+	@command -v npm >/dev/null || { echo "npm (Node.js) is needed to fetch the OHIF viewer"; exit 1; }
+	rm -rf $(OHIF_DIR) && mkdir -p $(OHIF_DIR)
+	cd $(OHIF_DIR) && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null \
+	  && tar xzf ohif-app-$(OHIF_VERSION).tgz && rm ohif-app-$(OHIF_VERSION).tgz
+	test -f $(OHIF_DIR)/package/dist/index.html
+	touch $@
+
+install: system-deps $(STAMP) $(OHIF_STAMP)

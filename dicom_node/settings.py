@@ -40,6 +40,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from pipelines.spec import OutputKind
+
 __all__ = [
     "AllowedCaller",
     "AuditSettings",
@@ -374,6 +376,12 @@ class DestinationSettings(_Section):
     deidentify: DeidentifySettings = Field(
         default_factory=DeidentifySettings,
         description="Send de-identified copies (a research destination).",
+    )
+    outputs: list[OutputKind] | None = Field(
+        default=None,
+        description="Result kinds this destination receives (seg, sr, sc, gsps, rtstruct, kos, "
+        "pdf); empty or absent: what each pipeline declares. A legacy PACS: [sc, gsps]; an "
+        "OHIF/dcm4chee archive: [seg, sr].",
     )
 
     @model_validator(mode="after")

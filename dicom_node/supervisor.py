@@ -9,9 +9,11 @@ Each pass does, in order (export in a thread of its own):
    Celery state tells when it started running;
 4. **recover lost**: jobs neither the broker nor a live worker holds are sent again;
 5. **export**: due export rows are sent to their destinations, with backoff;
-   a research destination (``deidentify``) gets de-identified copies of the
-   job's source series and results (:mod:`dicom_node.deidentify`), and every
-   attempt is put in the audit trail (:mod:`dicom_node.audit`).
+   each destination has rows for the result kinds it receives only
+   (:mod:`dicom_node.profiles`); a research destination (``deidentify``) gets
+   de-identified copies of the job's source series and results
+   (:mod:`dicom_node.deidentify`), and every attempt is put in the audit
+   trail (:mod:`dicom_node.audit`).
 6. **withdraw**: where a job's new result has reached a destination, the
    results it supersedes there are withdrawn with IOCM rejection notes
    (:mod:`dicom_node.withdrawal`), sent by the next export pass.
@@ -38,6 +40,7 @@ from dicom_node.broker import broker_holdings, send_job, task_state, tasks_on_li
 from dicom_node.deidentify import DeidentifyError, Prepared, ResearchExport
 from dicom_node.export import DeliveryResult, next_attempt, send_files
 from dicom_node.phi import study_tag
+from dicom_node.profiles import job_outputs, receives
 from dicom_node.routing import route_study
 from dicom_node.routing_reasons import Audience, is_news, verdict_text
 from dicom_node.settings import DestinationSettings, Settings
@@ -222,6 +225,7 @@ class Supervisor:
                 inputs=list(job.inputs),
                 output_dir=self.spool.relative(self.spool.job_dir(job.id)),
                 study_tag=study_tag(job.study_uid),
+                outputs=job_outputs(spec, self.settings.export.destinations),
             )
             try:
                 task_id = send_job(
@@ -334,25 +338,32 @@ class Supervisor:
             return
         if job.state is JobState.QUEUED:
             self.state.set_job_state(job.id, JobState.RUNNING)
-        objects = [
-            (self.spool.relative(job_dir / out.file), out.sop_instance_uid)
+        # Each destination gets only the kinds it receives (dicom_node.profiles).
+        spec = self.pipelines.get(job.pipeline)
+        deliveries = [
+            (dest.name, self.spool.relative(job_dir / out.file), out.sop_instance_uid)
+            for dest in self.settings.export.destinations
             for out in manifest.outputs
+            if out.kind in receives(dest, spec)
         ]
-        destinations = [d.name for d in self.settings.export.destinations]
         # A research destination gets the images the results were made from, too.
-        sources = [(path, Path(path).stem) for path in job.inputs]
-        extra = {
-            d.name: sources
-            for d in self.settings.export.destinations
-            if d.deidentify.enabled and d.deidentify.send_sources
-        }
-        if objects and destinations:
-            self.state.create_exports(
-                job.id, destinations, objects, manifest.measurements, extra=extra
-            )
+        sources = [
+            (dest.name, path, Path(path).stem)
+            for dest in self.settings.export.destinations
+            if dest.deidentify.enabled and dest.deidentify.send_sources
+            for path in job.inputs
+        ]
+        deliveries = [*sources, *deliveries]
+        if deliveries:
+            self.state.create_exports(job.id, deliveries, manifest.measurements)
         else:
             self.state.set_job_state(job.id, JobState.DONE, measurements=manifest.measurements)
-        logger.info("job %d finished on the worker: %d objects", job.id, len(objects))
+        logger.info(
+            "job %d finished on the worker: %d objects, %d deliveries",
+            job.id,
+            len(manifest.outputs),
+            len(deliveries),
+        )
 
     def export(self) -> None:
         """Send due exports, one association per (job, destination)."""

@@ -7,7 +7,7 @@ The node plays the IOCM *Change Requester*: once the new result is delivered
 to a destination, it sends that destination a rejection note, a Key Object
 Selection document titled (113001, DCM, "Rejected for Quality Reasons") that
 references exactly the objects of the old result the destination accepted
-(:func:`pipelines.writers.kos.write_rejection_note`; why that title is
+(:func:`dicom_node.rejection_note.write_rejection_note`; why that title is
 explained there). The note travels like any result: an export row, retried
 with backoff, shown on the old job's page.
 
@@ -91,7 +91,7 @@ def write_note(spool: Spool, withdrawal: Withdrawal) -> tuple[str, str]:
         written. The reason names the cause, never a value.
     """
     # highdicom takes seconds to import: the node pays it only when a note is due.
-    from pipelines.writers.kos import write_rejection_note
+    from dicom_node.rejection_note import write_rejection_note
 
     series_uid, sop_uid = note_uids(withdrawal)
     target = spool.job_dir(withdrawal.job_id) / "rejections" / f"{sop_uid}.dcm"

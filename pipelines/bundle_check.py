@@ -124,13 +124,17 @@ def pipeline_labels(spec: PipelineSpec) -> LabelResolution:
         ) from exc
 
 
-def check_pipeline(spec: PipelineSpec) -> list[CheckResult]:
+def check_pipeline(spec: PipelineSpec, *, environment: bool = True) -> list[CheckResult]:
     """Check a bundle pipeline against this environment and its own definition.
 
     Parameters
     ----------
     spec : PipelineSpec
         The pipeline; other model kinds give no findings.
+    environment : bool
+        Whether to compare the bundle's MONAI/torch versions and the packages it
+        imports with what is installed here. False on a machine without the
+        compute side (a node's own install): its workers check those at start.
 
     Returns
     -------
@@ -144,8 +148,9 @@ def check_pipeline(spec: PipelineSpec) -> list[CheckResult]:
     except PipelineConfigError as exc:
         return [CheckResult(CheckLevel.ERROR, exc.reason)]
     results: list[CheckResult] = []
-    results += _versions(files)
-    results += _packages(files)
+    if environment:
+        results += _versions(files)
+        results += _packages(files)
     results += _channels(files, spec)
     results += _weights(files, spec)
     try:

@@ -64,6 +64,11 @@ class JobRequest(BaseModel):
     study_tag: str = Field(
         default="", description="The study's short tag (never its UID), for the worker's logs."
     )
+    outputs: list[OutputKind] = Field(
+        default_factory=list,
+        description="Result kinds to write (what the destinations receive); empty: the "
+        "pipeline's own outputs.",
+    )
 
 
 class OutputObject(BaseModel):

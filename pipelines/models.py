@@ -20,9 +20,11 @@ part of the cache key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,7 @@ __all__ = [
     "clear_model_cache",
     "detector",
     "loaded_models",
+    "model_digest",
     "segmenter",
 ]
 
@@ -60,11 +63,73 @@ Detector = Callable[[Volume], list[Finding]]
 
 _Loaded = Bundle | TorchScriptModel
 _MODELS: dict[tuple[str, str, float, str], _Loaded | Algorithm] = {}
+_DIGESTS: dict[tuple[str, str, float], str] = {}
+_CHUNK = 1 << 20
 
 
 def clear_model_cache() -> None:
     """Forget every loaded model (tests; a worker keeps them for its lifetime)."""
     _MODELS.clear()
+    _DIGESTS.clear()
+
+
+def model_digest(spec: PipelineSpec) -> str:
+    """SHA-256 (hex) of what the pipeline's model is: its files, or the built-in's code.
+
+    A bundle's digest covers every file of its directory (configs and weights,
+    with their relative paths), a TorchScript model's its file, a built-in
+    algorithm's its name and the installed dicom-node version (the code is the
+    model). The Device UID of the results derives from it, so a retrained model
+    gets a new Device UID even under an unchanged pipeline version (IHE AIR).
+    Computed once per model and modification time in a process.
+
+    Parameters
+    ----------
+    spec : PipelineSpec
+        The pipeline.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+
+    Raises
+    ------
+    PipelineConfigError
+        If the model's files cannot be read.
+    """
+    if spec.model.kind is ModelKind.BUILTIN:
+        try:
+            node = version("dicom-node")
+        except PackageNotFoundError:  # a source tree that was never installed
+            node = "unknown"
+        return hashlib.sha256(f"builtin:{spec.model.name}:{node}".encode()).hexdigest()
+    path = spec.model.path
+    if path is None:
+        raise PipelineConfigError(f"pipeline {spec.name!r}: model.path is missing")
+    # The settings that choose weights or change what the bundle computes are part of
+    # the model as much as its files are.
+    options = json.dumps(
+        {"overrides": spec.model.overrides, "weights": spec.model.weights},
+        sort_keys=True,
+        default=str,
+    )
+    key = (spec.model.kind.value, str(path), _mtime(path))
+    cached = _DIGESTS.get(key)
+    if cached is not None:
+        return hashlib.sha256(f"{cached}:{options}".encode()).hexdigest()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    try:
+        for file in files:
+            digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+            with file.open("rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    digest.update(chunk)
+    except OSError as exc:
+        raise PipelineConfigError(f"pipeline {spec.name!r}: cannot read its model ({exc})") from exc
+    _DIGESTS[key] = digest.hexdigest()
+    return hashlib.sha256(f"{_DIGESTS[key]}:{options}".encode()).hexdigest()
 
 
 def loaded_models() -> int:

@@ -4,15 +4,24 @@ Three kinds of pipeline (:class:`pipelines.spec.TaskKind`):
 
 - **segmentation**: the series becomes one volume (:func:`pipelines.load.load_series`,
   :func:`pipelines.volume.to_volume`); the model gives a mask per label; the
-  writers make a SEG (BINARY or LABELMAP), a TID 1500 SR of volumes and mean
-  values, and optionally a burned-in Secondary Capture series.
+  masks' outlines are traced once (:func:`pipelines.outline.trace`); the
+  writers make what the job asks for: a SEG (BINARY or LABELMAP), a TID 1500 SR
+  of volumes, means and planar regions, a burned-in Secondary Capture series,
+  presentation states (GSPS), an RT Structure Set, a Key Object Selection of
+  the findings' key images and an Encapsulated PDF report.
 - **detection**: the series becomes one volume; a detection bundle's boxes at or
   above the pipeline's score threshold become findings on the source slices
   (:mod:`pipelines.detection`), written as one TID 1500 SR of regions, sizes and
   scores (:func:`pipelines.writers.write_detection_sr`).
 - **classification**: each instance of a projection series (CR, DX, MG) is
   classified on its own (:func:`pipelines.radiograph.load_radiographs`); one
-  TID 1500 SR holds, per image, the finding and its probability.
+  TID 1500 SR holds, per image, the finding and its probability; a KOS flags
+  the images with a finding; a PDF reports them.
+
+Which kinds a job writes is the request's ``outputs`` (the union of what the
+export destinations receive, computed by the node), else the pipeline's own
+``outputs``; :meth:`pipelines.spec.PipelineSpec.producible` drops what the task
+cannot write and adds the SEG an SR refers to.
 
 For a bundle, the labels are resolved first (:func:`pipelines.bundle_check.pipeline_labels`:
 the bundle's ``channel_def`` with codes from the label tables, the YAML's entries
@@ -42,7 +51,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import pydicom
@@ -55,15 +64,24 @@ from pipelines.headers import HeaderFix, normalise_headers
 from pipelines.labelmap import LabelMapMasks
 from pipelines.load import load_series
 from pipelines.manifest import JobManifest, ManifestStatus, OutputObject
+from pipelines.outline import trace
 from pipelines.radiograph import load_radiographs
 from pipelines.spec import LabelSpec, OutputKind, PipelineSpec, SegmentationKind, TaskKind
 from pipelines.steps import Step, step
 from pipelines.uids import result_uids
 from pipelines.volume import RegionStats, to_volume
 from pipelines.writers import (
+    classification_key_images,
+    classification_report,
     exclusive_masks,
+    segmentation_key_images,
+    segmentation_report,
     write_classification_sr,
     write_detection_sr,
+    write_gsps,
+    write_kos,
+    write_report_pdf,
+    write_rtstruct,
     write_sc,
     write_seg,
     write_sr,
@@ -73,13 +91,27 @@ __all__ = ["OUTPUT_FILES", "clear_model_cache", "run_pipeline"]
 
 logger = logging.getLogger(__name__)
 
-#: File name of each output kind inside the job's output folder (SC: one per image,
-#: ``sc-0001.dcm``, ...).
-OUTPUT_FILES = {OutputKind.SEG: "seg.dcm", OutputKind.SR: "sr.dcm", OutputKind.SC: "sc-{:04d}.dcm"}
+#: File name of each output kind inside the job's output folder (SC and GSPS: one per
+#: image, ``sc-0001.dcm``, ...).
+OUTPUT_FILES = {
+    OutputKind.SEG: "seg.dcm",
+    OutputKind.SR: "sr.dcm",
+    OutputKind.SC: "sc-{:04d}.dcm",
+    OutputKind.GSPS: "gsps-{:04d}.dcm",
+    OutputKind.RTSTRUCT: "rtstruct.dcm",
+    OutputKind.KOS: "kos.dcm",
+    OutputKind.PDF: "report.dcm",
+}
+# Kinds drawn from the masks' outlines.
+_OUTLINED = {OutputKind.SR, OutputKind.GSPS, OutputKind.RTSTRUCT, OutputKind.KOS, OutputKind.PDF}
 
 
 def run_pipeline(
-    spec: PipelineSpec, input_paths: Sequence[Path], output_dir: Path, job_id: int
+    spec: PipelineSpec,
+    input_paths: Sequence[Path],
+    output_dir: Path,
+    job_id: int,
+    outputs: Collection[OutputKind] | None = None,
 ) -> JobManifest:
     """Run a pipeline on a series and write its result objects.
 
@@ -93,6 +125,8 @@ def run_pipeline(
         The job's output folder; created if missing.
     job_id : int
         The node's job ID, copied into the manifest.
+    outputs : Collection[OutputKind] or None
+        The kinds to write; None or empty writes the pipeline's own ``outputs``.
 
     Returns
     -------
@@ -106,7 +140,7 @@ def run_pipeline(
     ------
     PipelineConfigError
         If the model cannot be loaded or does not produce a label of the
-        definition, or the definition asks for an SR without a SEG.
+        definition.
     UnsupportedInput
         If the series is not for this pipeline (see :func:`pipelines.load.load_series`
         and :func:`pipelines.radiograph.load_radiographs`), or a segmentation
@@ -118,16 +152,14 @@ def run_pipeline(
     """
     resolution = pipeline_labels(spec)
     spec = spec.model_copy(update={"labels": list(resolution.labels)})
+    kinds = spec.producible(outputs or spec.outputs)
     if spec.task is TaskKind.CLASSIFICATION:
-        return _run_classification(spec, input_paths, output_dir, job_id)
+        return _run_classification(spec, input_paths, output_dir, job_id, kinds)
     if spec.task is TaskKind.DETECTION:
         return _run_detection(spec, input_paths, output_dir, job_id)
-    if OutputKind.SEG not in spec.outputs and set(spec.outputs) & {OutputKind.SR, OutputKind.SC}:
-        raise PipelineConfigError(
-            f"pipeline {spec.name!r}: output 'sr' references the SEG, so it needs 'seg' too"
-        )
     with step(Step.MODEL):
         model = models.segmenter(spec)
+        digest = models.model_digest(spec)
 
     started = time.perf_counter()
     with step(Step.LOAD):
@@ -159,22 +191,49 @@ def run_pipeline(
     notes = _notes(empty, resolution.unmapped)
     inferred = time.perf_counter()
 
-    uids = result_uids(spec.name, spec.version, (str(ds.SOPInstanceUID) for ds in volume.instances))
+    uids = result_uids(
+        spec.name, spec.version, (str(ds.SOPInstanceUID) for ds in volume.instances), digest
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
-    outputs: list[OutputObject] = []
-    if OutputKind.SEG in spec.outputs:
+    outputs_written: list[OutputObject] = []
+    outlines = trace(masks) if set(kinds) & _OUTLINED else None
+
+    def many(kind: OutputKind, datasets: Sequence[Dataset]) -> None:
+        for number, dataset in enumerate(datasets, start=1):
+            name = OUTPUT_FILES[kind].format(number)
+            outputs_written.append(_write(dataset, output_dir, kind, name))
+
+    if OutputKind.SEG in kinds:
         with step(Step.WRITE_SEG):
             seg = write_seg(volume, masks, spec, uids)
-            outputs.append(_write(seg, output_dir, OutputKind.SEG, OUTPUT_FILES[OutputKind.SEG]))
-        if OutputKind.SR in spec.outputs:
+            many(OutputKind.SEG, [seg])
+        if OutputKind.SR in kinds:
             with step(Step.WRITE_SR):
-                sr = write_sr(volume, masks, seg, spec, uids, stats, absent=empty)
-                outputs.append(_write(sr, output_dir, OutputKind.SR, OUTPUT_FILES[OutputKind.SR]))
-        if OutputKind.SC in spec.outputs:
-            with step(Step.WRITE_SC):
-                for number, image in enumerate(write_sc(volume, masks, spec, uids), start=1):
-                    name = OUTPUT_FILES[OutputKind.SC].format(number)
-                    outputs.append(_write(image, output_dir, OutputKind.SC, name))
+                sr = write_sr(
+                    volume, masks, seg, spec, uids, stats, outlines=outlines, absent=empty
+                )
+                many(OutputKind.SR, [sr])
+    if OutputKind.SC in kinds:
+        with step(Step.WRITE_SC):
+            many(OutputKind.SC, write_sc(volume, masks, spec, uids))
+    if outlines is not None:
+        if OutputKind.GSPS in kinds:
+            with step(Step.WRITE_GSPS):
+                many(OutputKind.GSPS, write_gsps(volume, masks, spec, uids, outlines))
+        if OutputKind.RTSTRUCT in kinds:
+            with step(Step.WRITE_RTSTRUCT):
+                many(OutputKind.RTSTRUCT, [write_rtstruct(volume, masks, spec, uids, outlines)])
+        keys = segmentation_key_images(spec, outlines, volume.datasets)
+        if OutputKind.KOS in kinds:
+            if keys:
+                with step(Step.WRITE_KOS):
+                    many(OutputKind.KOS, [write_kos(keys, spec, uids)])
+            else:
+                logger.info("job=%d no finding to flag: no KOS", job_id)
+        if OutputKind.PDF in kinds:
+            with step(Step.WRITE_PDF):
+                report = segmentation_report(volume, masks, spec, stats, outlines, keys)
+                many(OutputKind.PDF, [write_report_pdf(report, spec, uids)])
     written = time.perf_counter()
 
     timings = {
@@ -187,7 +246,7 @@ def run_pipeline(
         job_id,
         spec.name,
         volume.shape[0],
-        len(outputs),
+        len(outputs_written),
         timings["load"],
         timings["infer"],
         timings["write"],
@@ -195,7 +254,7 @@ def run_pipeline(
     return JobManifest(
         job_id=job_id,
         status=ManifestStatus.DONE,
-        outputs=outputs,
+        outputs=outputs_written,
         measurements=_flatten(stats),
         timings_s=timings,
         notes=notes,
@@ -224,6 +283,7 @@ def _run_detection(
     """Detect on the volume and write one SR of the findings (regions on the source slices)."""
     with step(Step.MODEL):
         detect = models.detector(spec)
+        digest = models.model_digest(spec)
     started = time.perf_counter()
     with step(Step.LOAD):
         volume = to_volume(load_series(input_paths))
@@ -232,7 +292,9 @@ def _run_detection(
     with step(Step.MODEL):
         found = detect(volume)
     inferred = time.perf_counter()
-    uids = result_uids(spec.name, spec.version, (str(ds.SOPInstanceUID) for ds in volume.instances))
+    uids = result_uids(
+        spec.name, spec.version, (str(ds.SOPInstanceUID) for ds in volume.instances), digest
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     with step(Step.WRITE_SR):
         sr = write_detection_sr(volume, found, spec, uids)
@@ -263,11 +325,16 @@ def _run_detection(
 
 
 def _run_classification(
-    spec: PipelineSpec, input_paths: Sequence[Path], output_dir: Path, job_id: int
+    spec: PipelineSpec,
+    input_paths: Sequence[Path],
+    output_dir: Path,
+    job_id: int,
+    kinds: Collection[OutputKind],
 ) -> JobManifest:
-    """Classify each radiograph of the series and write one SR."""
+    """Classify each radiograph of the series and write the SR, KOS and report asked for."""
     with step(Step.MODEL):
         classify = models.classifier(spec)
+        digest = models.model_digest(spec)
     started = time.perf_counter()
     with step(Step.LOAD):
         images = load_radiographs(input_paths)
@@ -276,11 +343,26 @@ def _run_classification(
     with step(Step.MODEL):
         probabilities = [classify(image) for image in images]
     inferred = time.perf_counter()
-    uids = result_uids(spec.name, spec.version, (str(i.header.SOPInstanceUID) for i in images))
+    uids = result_uids(
+        spec.name, spec.version, (str(i.header.SOPInstanceUID) for i in images), digest
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
-    with step(Step.WRITE_SR):
-        sr = write_classification_sr(images, probabilities, spec, uids)
-        outputs = [_write(sr, output_dir, OutputKind.SR, OUTPUT_FILES[OutputKind.SR])]
+    outputs: list[OutputObject] = []
+    if OutputKind.SR in kinds:
+        with step(Step.WRITE_SR):
+            sr = write_classification_sr(images, probabilities, spec, uids)
+            outputs.append(_write(sr, output_dir, OutputKind.SR, OUTPUT_FILES[OutputKind.SR]))
+    keys = classification_key_images(spec, probabilities, [image.header for image in images])
+    if OutputKind.KOS in kinds and keys:
+        with step(Step.WRITE_KOS):
+            kos = write_kos(keys, spec, uids)
+            outputs.append(_write(kos, output_dir, OutputKind.KOS, OUTPUT_FILES[OutputKind.KOS]))
+    if OutputKind.PDF in kinds:
+        with step(Step.WRITE_PDF):
+            report = write_report_pdf(
+                classification_report(images, probabilities, spec, keys), spec, uids
+            )
+            outputs.append(_write(report, output_dir, OutputKind.PDF, OUTPUT_FILES[OutputKind.PDF]))
     written = time.perf_counter()
     measurements: dict[str, float] = {}
     for label in spec.labels:

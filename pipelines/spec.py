@@ -24,6 +24,7 @@ Examples
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +52,7 @@ __all__ = [
     "SelectionMode",
     "SelectionRule",
     "SelectionSpec",
+    "TASK_OUTPUTS",
     "TaskKind",
     "load_pipeline_specs",
 ]
@@ -66,23 +68,41 @@ ConditionValue = str | int | float | list[str] | list[int | float]
 
 
 class OutputKind(StrEnum):
-    """DICOM objects a pipeline can write."""
+    """Result kinds a pipeline can write; each export destination receives some of them."""
 
+    #: Segmentation (one segment per label).
     SEG = "seg"
+    #: Comprehensive 3D SR, TID 1500: measurements, findings, planar regions.
     SR = "sr"
     #: Burned-in overlay of the segments on copies of the source slices (Secondary Capture).
     SC = "sc"
+    #: Grayscale Softcopy Presentation State: segment outlines on the source images.
+    GSPS = "gsps"
+    #: RT Structure Set: one ROI per segment, contours on the source planes.
+    RTSTRUCT = "rtstruct"
+    #: Key Object Selection: the images that hold findings.
+    KOS = "kos"
+    #: Encapsulated PDF: the report a person reads.
+    PDF = "pdf"
 
 
 class TaskKind(StrEnum):
     """What the model does: label voxels of a volume, or classify each image."""
 
-    #: A 3-D series becomes a volume; the model returns one mask per label (SEG, SR, SC).
+    #: A 3-D series becomes a volume; the model returns one mask per label.
     SEGMENTATION = "segmentation"
-    #: Each projection radiograph (CR, DX, MG) is classified on its own (SR only).
+    #: Each projection radiograph (CR, DX, MG) is classified on its own (SR, KOS, PDF).
     CLASSIFICATION = "classification"
     #: A 3-D series becomes a volume; the model returns boxes with scores (SR only).
     DETECTION = "detection"
+
+
+#: What each kind of task can write. A classification has no masks to draw or contour.
+TASK_OUTPUTS: dict[TaskKind, frozenset[OutputKind]] = {
+    TaskKind.SEGMENTATION: frozenset(OutputKind),
+    TaskKind.CLASSIFICATION: frozenset({OutputKind.SR, OutputKind.KOS, OutputKind.PDF}),
+    TaskKind.DETECTION: frozenset({OutputKind.SR}),
+}
 
 
 class SegmentationKind(StrEnum):
@@ -178,6 +198,12 @@ class LabelSpec(_Strict):
         ge=0.0,
         le=1.0,
         description="Classification only: the probability from which the finding is present.",
+    )
+    finding: bool = Field(
+        default=False,
+        description="Segmentation: this label marks a finding (a lesion, a nodule), so the "
+        "image that best shows it is a key image (KOS, PDF). Anatomy is not a finding. A "
+        "classification's labels are findings whenever they are present.",
     )
 
 
@@ -383,7 +409,9 @@ class PipelineSpec(_Strict):
         default=DetectionSpec(), description="Detection only: threshold and box format."
     )
     outputs: list[OutputKind] = Field(
-        default=[OutputKind.SEG, OutputKind.SR], description="Objects to write."
+        default=[OutputKind.SEG, OutputKind.SR],
+        description="Result kinds written when no export destination asks for others; a "
+        "destination's own list (export.destinations[].outputs) adds to what is written.",
     )
     segmentation_type: SegmentationKind = Field(
         default=SegmentationKind.BINARY,
@@ -394,6 +422,11 @@ class PipelineSpec(_Strict):
     series_description: str = Field(
         default="AI segmentation (not for diagnosis)",
         description="Series Description of the results; says they are AI-generated.",
+    )
+    cleared_for_clinical_use: bool = Field(
+        default=False,
+        description="The model is cleared (CE, FDA) for clinical use at this site; otherwise "
+        "every report says 'not for diagnosis'.",
     )
     soft_time_limit_s: int = Field(default=600, ge=1, description="Celery soft time limit.")
     time_limit_s: int = Field(default=900, ge=1, description="Celery hard time limit.")
@@ -431,16 +464,42 @@ class PipelineSpec(_Strict):
             raise ValueError(f"label names must be unique, got {names}")
         if self.time_limit_s <= self.soft_time_limit_s:
             raise ValueError("time_limit_s must be greater than soft_time_limit_s")
-        if self.task in (TaskKind.CLASSIFICATION, TaskKind.DETECTION):
-            if self.outputs != [OutputKind.SR]:
-                raise ValueError(f"a {self.task} pipeline writes exactly outputs: [sr]")
-            if self.model.kind is ModelKind.BUILTIN:
-                raise ValueError(f"a {self.task} pipeline needs a bundle or torchscript model")
-            if self.task is TaskKind.DETECTION and self.model.kind is not ModelKind.BUNDLE:
-                raise ValueError("a detection pipeline needs a bundle model")
-        elif OutputKind.SEG not in self.outputs:
-            raise ValueError("a segmentation pipeline's SR and SC refer to its SEG: add 'seg'")
+        if not self.outputs:
+            raise ValueError("outputs must name at least one result kind")
+        unable = sorted(set(self.outputs) - TASK_OUTPUTS[self.task])
+        if unable:
+            raise ValueError(
+                f"a {self.task.value} pipeline cannot write {', '.join(unable)} (it can write "
+                f"{', '.join(sorted(TASK_OUTPUTS[self.task]))})"
+            )
+        if self.task is not TaskKind.SEGMENTATION and self.model.kind is ModelKind.BUILTIN:
+            raise ValueError(f"a {self.task.value} pipeline needs a bundle or torchscript model")
+        if self.task is TaskKind.DETECTION and self.model.kind is not ModelKind.BUNDLE:
+            raise ValueError("a detection pipeline needs a bundle model")
         return self
+
+    def producible(self, requested: Iterable[OutputKind]) -> tuple[OutputKind, ...]:
+        """The kinds a job writes when ``requested`` are wanted, in :class:`OutputKind` order.
+
+        Kinds this pipeline's task cannot write are dropped (a classification
+        draws no outlines). An SR of a segmentation references its SEG, so
+        asking for the SR writes the SEG too: every reference a result makes
+        resolves on the spool, whichever destination receives it.
+
+        Parameters
+        ----------
+        requested : Iterable[OutputKind]
+            What the export destinations want (see ``dicom_node.profiles``).
+
+        Returns
+        -------
+        tuple[OutputKind, ...]
+            What the worker writes; may be empty.
+        """
+        wanted = set(requested) & TASK_OUTPUTS[self.task]
+        if self.task is TaskKind.SEGMENTATION and OutputKind.SR in wanted:
+            wanted.add(OutputKind.SEG)
+        return tuple(kind for kind in OutputKind if kind in wanted)
 
     @property
     def all_bundle_labels(self) -> bool:

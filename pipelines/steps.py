@@ -49,6 +49,10 @@ class Step(StrEnum):
     WRITE_SEG = "write SEG"
     WRITE_SR = "write SR"
     WRITE_SC = "write SC"
+    WRITE_GSPS = "write GSPS"
+    WRITE_RTSTRUCT = "write RTSTRUCT"
+    WRITE_KOS = "write KOS"
+    WRITE_PDF = "write PDF"
 
 
 class StepFailed(PipelineError):

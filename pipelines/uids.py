@@ -99,11 +99,15 @@ class ResultUIDs:
         Pipeline version.
     inputs_digest : str
         SHA-256 (hex) of the sorted input SOP Instance UIDs, one per line.
+    model_digest : str
+        SHA-256 (hex) of the model's files (see ``pipelines.models.model_digest``);
+        only the Device UID depends on it, never a result's UID.
     """
 
     pipeline: str
     version: str
     inputs_digest: str
+    model_digest: str = ""
 
     def uid(self, role: str, *extra: str) -> str:
         """Return the UID for ``role`` (and optional extra parts).
@@ -143,9 +147,22 @@ class ResultUIDs:
         """SOP Instance UID of the SR."""
         return self.uid(UIDRole.SR)
 
+    @property
+    def device_uid(self) -> str:
+        """Device UID of the algorithm: changes with the pipeline, its version or its model files.
+
+        IHE AI Results asks for a Device UID that identifies the algorithm as it
+        ran; a retrained model under an unchanged version number gets a new one.
+        It does not depend on the inputs: every job of one model shares it.
+        """
+        return derive_uid("device", self.pipeline, self.version, self.model_digest)
+
 
 def result_uids(
-    pipeline_name: str, pipeline_version: str, input_sop_instance_uids: Iterable[str]
+    pipeline_name: str,
+    pipeline_version: str,
+    input_sop_instance_uids: Iterable[str],
+    model_digest: str = "",
 ) -> ResultUIDs:
     """Derive the result UIDs of a job.
 
@@ -157,6 +174,8 @@ def result_uids(
         Pipeline version.
     input_sop_instance_uids : Iterable[str]
         SOP Instance UIDs of the input instances, in any order.
+    model_digest : str
+        Digest of the model's files; only :attr:`ResultUIDs.device_uid` depends on it.
 
     Returns
     -------
@@ -177,4 +196,9 @@ def result_uids(
     if len(set(inputs)) != len(inputs):
         raise ValueError("input_sop_instance_uids holds the same UID more than once")
     digest = hashlib.sha256("\n".join(inputs).encode("ascii")).hexdigest()
-    return ResultUIDs(pipeline=pipeline_name, version=pipeline_version, inputs_digest=digest)
+    return ResultUIDs(
+        pipeline=pipeline_name,
+        version=pipeline_version,
+        inputs_digest=digest,
+        model_digest=model_digest,
+    )

@@ -135,7 +135,7 @@ def execute_job(settings: Settings, request: JobRequest) -> JobManifest:
                 f"worker has {spec.name} {spec.version}, job wants {request.pipeline_version}"
             )
         inputs = [_inside(root, p) for p in request.inputs]
-        manifest = run_pipeline(spec, inputs, out_dir, request.job_id)
+        manifest = run_pipeline(spec, inputs, out_dir, request.job_id, request.outputs)
     except PipelineError as exc:
         status = ManifestStatus.SKIPPED if exc.skip else ManifestStatus.FAILED
         logger.warning("job %d %s: %s", request.job_id, status.value, exc.reason)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -706,11 +706,8 @@ class StateDB:
     def create_exports(
         self,
         job_id: int,
-        destinations: Iterable[str],
-        objects: Iterable[tuple[str, str]],
+        deliveries: Iterable[tuple[str, str, str]],
         measurements: dict[str, float],
-        *,
-        extra: Mapping[str, Sequence[tuple[str, str]]] | None = None,
     ) -> None:
         """Create PENDING export rows and move the job to EXPORTING, in one transaction.
 
@@ -718,26 +715,18 @@ class StateDB:
         ----------
         job_id : int
             The job.
-        destinations : Iterable[str]
-            Destination names.
-        objects : Iterable[tuple[str, str]]
-            (spool-relative path, SOP Instance UID) of each result object.
+        deliveries : Iterable[tuple[str, str, str]]
+            (destination name, spool-relative path, SOP Instance UID) of each
+            object a destination is to receive.
         measurements : dict[str, float]
             The job's measurements from its manifest.
-        extra : Mapping[str, Sequence[tuple[str, str]]] or None
-            More objects for some destinations only (a research destination
-            also gets the job's source instances).
         """
-        objects = list(objects)
         with self.session() as s:
             job = s.get(Job, job_id)
             if job is None:
                 raise ValueError(f"job {job_id} does not exist")
-            for dest in destinations:
-                for path, sop_uid in [*(extra or {}).get(dest, ()), *objects]:
-                    s.add(
-                        Export(job_id=job_id, destination=dest, path=path, sop_instance_uid=sop_uid)
-                    )
+            for dest, path, sop_uid in deliveries:
+                s.add(Export(job_id=job_id, destination=dest, path=path, sop_instance_uid=sop_uid))
             job.state = JobState.EXPORTING
             job.measurements = measurements
             job.updated_at = utcnow()

@@ -109,7 +109,9 @@ def queue_names(
     for name in settings.worker.queues:
         queues[name]
     for spec in pipelines.values():
-        queues[spec.queue].append(spec.name)
+        # A disabled pipeline sends nothing: its queue needs no worker.
+        if spec.enabled:
+            queues[spec.queue].append(spec.name)
     return dict(queues)
 
 

@@ -10,8 +10,10 @@ it is about (Source image for measurement group), and holds:
 - a qualitative evaluation, concept name the finding's code, value
   (121053, DCM, "Present") or (121054, DCM, "Absent") by the label's threshold.
 
-The observer is the pipeline as a device; the document is COMPLETE,
-UNVERIFIED and PRELIMINARY, like every result the node writes.
+The observer is the algorithm as a device (its Device UID); Procedure
+Reported names the radiographs' procedure (:func:`~pipelines.writers.sr.procedure_reported`);
+the document is COMPLETE, UNVERIFIED and PRELIMINARY, like every result the node
+writes.
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ from collections.abc import Mapping, Sequence
 
 import highdicom as hd
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 
 from pipelines.errors import PipelineError
 from pipelines.radiograph import Radiograph
 from pipelines.spec import LabelSpec, PipelineSpec
 from pipelines.uids import ResultUIDs
 from pipelines.writers.seg import code
-from pipelines.writers.sr import SR_SERIES_NUMBER, observation_context, report_sr
+from pipelines.writers.sr import (
+    SR_SERIES_NUMBER,
+    observation_context,
+    procedure_reported,
+    report_sr,
+)
 
 __all__ = ["ABSENT", "NO_UNITS", "PRESENT", "PROBABILITY", "write_classification_sr"]
 
@@ -96,8 +102,8 @@ def write_classification_sr(
         for label in spec.labels
     ]
     report = hd.sr.MeasurementReport(
-        observation_context=observation_context(spec),
-        procedure_reported=codes.cid100.ImagingProcedure,
+        observation_context=observation_context(spec, uids),
+        procedure_reported=procedure_reported(images[0].header),
         imaging_measurements=groups,
     )
     sr = report_sr(report, [image.header for image in images], spec, uids, series_number)

@@ -32,7 +32,6 @@ from collections.abc import Sequence
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 
 from pipelines.detection import Finding
 from pipelines.errors import PipelineError
@@ -42,7 +41,12 @@ from pipelines.volume import Volume
 from pipelines.writers.absent import absent_group
 from pipelines.writers.classification_sr import NO_UNITS, PRESENT, PROBABILITY
 from pipelines.writers.seg import code
-from pipelines.writers.sr import SR_SERIES_NUMBER, observation_context, report_sr
+from pipelines.writers.sr import (
+    SR_SERIES_NUMBER,
+    observation_context,
+    procedure_reported,
+    report_sr,
+)
 
 __all__ = ["DEPTH", "ELLIPSOID_VOLUME", "HEIGHT", "WIDTH", "write_detection_sr"]
 
@@ -54,8 +58,6 @@ HEIGHT = hd.sr.CodedConcept("121207", "DCM", "Height")
 ELLIPSOID_VOLUME = hd.sr.CodedConcept("121221", "DCM", "Volume of ellipsoid")
 _MILLIMETER = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
 _CUBIC_MILLIMETER = hd.sr.CodedConcept("mm3", "UCUM", "cubic millimeter")
-# CID 100: procedures by modality; others get the generic code.
-_PROCEDURES = {"CT": codes.cid100.CTUnspecifiedBodyRegion}
 
 
 def write_detection_sr(
@@ -103,10 +105,9 @@ def write_detection_sr(
     for label in spec.labels:
         if label.name not in reported:
             groups.append(absent_group(label, volume.datasets[0], uids, algorithm))
-    modality = str(volume.datasets[0].get("Modality", ""))
     report = hd.sr.MeasurementReport(
-        observation_context=observation_context(spec),
-        procedure_reported=_PROCEDURES.get(modality, codes.cid100.ImagingProcedure),
+        observation_context=observation_context(spec, uids),
+        procedure_reported=procedure_reported(volume.datasets[0]),
         imaging_measurements=groups,
     )
     sr = report_sr(report, volume.instances, spec, uids, series_number)

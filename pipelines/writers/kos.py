@@ -1,104 +1,183 @@
-"""Write an IHE IOCM rejection note: a Key Object Selection document that withdraws results.
+"""Flag the images that hold findings with a Key Object Selection document (PS3.3 A.35.4).
 
-IHE Imaging Object Change Management (RAD TF-1 Vol. 1, IOCM; RAD TF-2 RAD-66)
-withdraws instances from an archive by sending it a Key Object Selection
-document (PS3.3 A.35.4, TID 2010) whose Document Title is a rejection code of
-CID 7010 (the same codes make up CID 7031 "Reason for Removal from Operational
-Use"), and which references exactly the rejected instances, in its content
-tree and in its Current Requested Procedure Evidence Sequence. The note sits in
-the rejected instances' study, in a series of its own.
+Which images are key (:func:`segmentation_key_images`,
+:func:`classification_key_images`):
 
-The node withdraws a result when a newer job over a different input set of
-the same series supersedes it (a study first received in part, then in full).
-The title is (113001, DCM, "Rejected for Quality Reasons"): the withdrawn
-result describes the right patient and the right series, but was computed from
-an incomplete input, so it is of insufficient quality and has been replaced.
-"Rejected for Patient Safety Reasons" (113037) is for objects that could harm a
-patient if used (a wrong laterality, a wrong patient), which archives hide
-from every user and may delete at once; "Incorrect Modality Worklist Entry"
-(113038) is for objects filed under the wrong order. Neither fits, and a
-quality rejection lets the archive keep the old result for quality review.
+- segmentation: for each label the pipeline marks as a finding
+  (``finding: true``), the slice where its cross-section is largest, the image
+  its SR planar region points to. Anatomy is no finding, so an anatomy-only
+  pipeline flags nothing and writes no KOS;
+- classification: each radiograph on which a label is present (its probability
+  reaches the label's threshold).
 
-Like every other writer, this one returns a dataset and chooses no UID.
+The document title is (113000, DCM, "Of Interest"); the description names the
+findings; the observer is the algorithm as a device (its Device UID), and the
+object carries the algorithm's Contributing Equipment item like every result.
+The PDF report shows the same key images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from enum import Enum
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 
-from pipelines.writers.seg import MANUFACTURER
+from pipelines.outline import Outlines
+from pipelines.spec import PipelineSpec
+from pipelines.uids import ResultUIDs
+from pipelines.writers.seg import MANUFACTURER, contributing_equipment
+from pipelines.writers.sr import device_observer
 
-__all__ = ["KOS_SERIES_NUMBER", "RejectionTitle", "write_rejection_note"]
+__all__ = [
+    "KOS_SERIES_NUMBER",
+    "KeyImage",
+    "classification_key_images",
+    "segmentation_key_images",
+    "write_kos",
+]
 
-#: Series Number of the rejection notes' series (after SEG 9001, SR 9002, SC 9003).
-KOS_SERIES_NUMBER = 9004
+logger = logging.getLogger(__name__)
+
+#: Series Number of the key object selection.
+KOS_SERIES_NUMBER = 9006
 
 
-class RejectionTitle(Enum):
-    """The Document Titles of CID 7010 that reject instances (IOCM)."""
+@dataclass(frozen=True, slots=True)
+class KeyImage:
+    """One key image: which source image, and why.
 
-    QUALITY = hd.sr.CodedConcept("113001", "DCM", "Rejected for Quality Reasons")
-    PATIENT_SAFETY = hd.sr.CodedConcept("113037", "DCM", "Rejected for Patient Safety Reasons")
-    WORKLIST_ENTRY = hd.sr.CodedConcept("113038", "DCM", "Incorrect Modality Worklist Entry")
-    RETENTION_EXPIRED = hd.sr.CodedConcept("113039", "DCM", "Data Retention Policy Expired")
+    Attributes
+    ----------
+    index : int
+        The slice index in the volume, or the radiograph's position in the series.
+    header : pydicom.dataset.Dataset
+        The source image's header.
+    findings : tuple[str, ...]
+        The labels (their display names) this image is key for.
+    """
+
+    index: int
+    header: Dataset
+    findings: tuple[str, ...]
 
 
-def write_rejection_note(
-    rejected: Sequence[Dataset],
-    *,
-    series_instance_uid: str,
-    sop_instance_uid: str,
-    instance_number: int,
-    title: RejectionTitle = RejectionTitle.QUALITY,
-    description: str | None = None,
-) -> hd.ko.KeyObjectSelectionDocument:
-    """Build a rejection note that references exactly ``rejected``.
+def segmentation_key_images(
+    spec: PipelineSpec, outlines: Outlines, headers: Sequence[Dataset]
+) -> list[KeyImage]:
+    """The key image of each finding of a segmentation: its largest cross-section.
 
     Parameters
     ----------
-    rejected : Sequence[pydicom.dataset.Dataset]
-        The instances to withdraw (headers suffice), all of one study. Patient
-        and study attributes of the note are copied from the first.
-    series_instance_uid : str
-        Series Instance UID of the note.
-    sop_instance_uid : str
-        SOP Instance UID of the note.
-    instance_number : int
-        Instance Number of the note within its series.
-    title : RejectionTitle
-        Why the instances are rejected.
-    description : str or None
-        Key Object Description (113012, DCM): a short text for the archive's
-        operators; no patient information.
+    spec : PipelineSpec
+        The pipeline; its labels with ``finding: true`` are findings.
+    outlines : Outlines
+        The masks' outlines.
+    headers : Sequence[pydicom.dataset.Dataset]
+        The source header of each slice.
 
     Returns
     -------
-    highdicom.ko.KeyObjectSelectionDocument
-        The note, Explicit VR Little Endian.
+    list[KeyImage]
+        One per slice that is key for a finding, in slice order; empty when the
+        pipeline marks no findings or none was found.
+    """
+    by_slice: dict[int, list[str]] = {}
+    for label in spec.labels:
+        k = outlines.representative_slice(label.name) if label.finding else None
+        if k is not None:
+            by_slice.setdefault(k, []).append(label.label)
+    return [KeyImage(k, headers[k], tuple(names)) for k, names in sorted(by_slice.items())]
+
+
+def classification_key_images(
+    spec: PipelineSpec,
+    probabilities: Sequence[Mapping[str, float]],
+    headers: Sequence[Dataset],
+) -> list[KeyImage]:
+    """The radiographs on which a label is present.
+
+    Parameters
+    ----------
+    spec : PipelineSpec
+        The pipeline; each label's threshold decides presence.
+    probabilities : Sequence[Mapping[str, float]]
+        Per image, the probability of each label by name.
+    headers : Sequence[pydicom.dataset.Dataset]
+        Each image's header.
+
+    Returns
+    -------
+    list[KeyImage]
+        In series order; empty when nothing is present.
+    """
+    keys = []
+    for index, (result, header) in enumerate(zip(probabilities, headers, strict=True)):
+        present = tuple(
+            label.label for label in spec.labels if result[label.name] >= label.threshold
+        )
+        if present:
+            keys.append(KeyImage(index, header, present))
+    return keys
+
+
+def write_kos(
+    keys: Sequence[KeyImage],
+    spec: PipelineSpec,
+    uids: ResultUIDs,
+    *,
+    series_number: int = KOS_SERIES_NUMBER,
+) -> Dataset:
+    """Build the Key Object Selection document of a job.
+
+    Parameters
+    ----------
+    keys : Sequence[KeyImage]
+        The key images (:func:`segmentation_key_images` or
+        :func:`classification_key_images`).
+    spec : PipelineSpec
+        The pipeline (algorithm, version, series description).
+    uids : ResultUIDs
+        Where the UIDs come from (``kos-series``, ``kos``).
+    series_number : int
+        Series Number of the document.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        A ``highdicom.ko.KeyObjectSelectionDocument``.
 
     Raises
     ------
     ValueError
-        If ``rejected`` is empty, or its instances belong to more than one study.
+        If there is no key image (a KOS must select at least one object).
     """
-    if not rejected:
-        raise ValueError("a rejection note must reference at least one instance")
-    studies = {str(ds.StudyInstanceUID) for ds in rejected}
-    if len(studies) != 1:
-        raise ValueError(f"rejected instances span {len(studies)} studies; a note covers one")
+    if not keys:
+        raise ValueError("there is no key image to flag")
+    images = list({str(key.header.SOPInstanceUID): key.header for key in keys}.values())
+    findings = sorted({name for key in keys for name in key.findings})
+    description = f"AI findings: {', '.join(findings)}"
+    if not spec.cleared_for_clinical_use:
+        description += " (not for diagnosis)"
     content = hd.ko.KeyObjectSelection(
-        document_title=title.value, referenced_objects=rejected, description=description
+        document_title=codes.DCM.OfInterest,
+        referenced_objects=images,
+        observer_device_context=device_observer(spec, uids),
+        description=description[:1024],
     )
-    return hd.ko.KeyObjectSelectionDocument(
-        evidence=rejected,
+    document = hd.ko.KeyObjectSelectionDocument(
+        evidence=images,
         content=content,
-        series_instance_uid=series_instance_uid,
-        series_number=KOS_SERIES_NUMBER,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
+        series_instance_uid=uids.uid("kos-series"),
+        series_number=series_number,
+        sop_instance_uid=uids.uid("kos"),
+        instance_number=1,
         manufacturer=MANUFACTURER,
+        contributing_equipment=[contributing_equipment(spec, uids)],
     )
+    document.SeriesDescription = spec.series_description[:64]
+    logger.info("kos images=%d", len(images))
+    return document

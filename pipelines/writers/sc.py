@@ -19,14 +19,14 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from scipy import ndimage
 
+from pipelines.outline import edge
 from pipelines.spec import PipelineSpec
 from pipelines.uids import ResultUIDs
 from pipelines.volume import Volume
 from pipelines.writers.seg import MANUFACTURER, contributing_equipment, software_versions
 
-__all__ = ["SC_SERIES_NUMBER", "write_sc"]
+__all__ = ["SC_SERIES_NUMBER", "burn_in", "display_window", "label_colours", "write_sc"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,34 +74,25 @@ def write_sc(
         if mask.shape != volume.shape:
             raise ValueError(f"mask {name!r} has shape {mask.shape}, expected {volume.shape}")
     names = [label.name for label in spec.labels if label.name in masks]
-    colours = {
-        label.name: np.asarray(label.color or _PALETTE[i % len(_PALETTE)], dtype=np.float32)
-        for i, label in enumerate(spec.labels)
-    }
-    low, high = _window(volume)
+    colours = label_colours(spec)
+    window = display_window(volume)
     series_uid = uids.uid("sc-series")
     description = f"{spec.series_description}, burned-in overlay"
     if len(description) > 64:  # Long String; keep it saying what it is
         description = "AI burned-in overlay (not for diagnosis)"
     images: list[Dataset] = []
     for k in range(volume.shape[0]):
-        present = [name for name in names if masks[name][k].any()]
+        present = {name: masks[name] for name in names if masks[name][k].any()}
         if not present:
             continue
-        grey = np.clip((volume.array[k] - low) / (high - low), 0.0, 1.0) * 255.0
-        rgb = np.repeat(grey[..., np.newaxis], 3, axis=-1)
-        for name in present:
-            mask = masks[name][k]
-            rgb[mask] = (1 - _FILL_ALPHA) * rgb[mask] + _FILL_ALPHA * colours[name]
-            edge = mask & ~ndimage.binary_erosion(mask)
-            rgb[edge] = colours[name]
+        rgb = burn_in(volume, present, colours, k, window)
         source = volume.datasets[k]
         frame = volume.frame_numbers[k] if volume.frame_numbers else None
         source_uid = str(source.SOPInstanceUID)
         instance_uid = uids.uid("sc", source_uid, str(frame or 0))
         image = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source,
-            pixel_array=np.rint(rgb).astype(np.uint8),
+            pixel_array=rgb,
             photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
             bits_allocated=8,
             coordinate_system=hd.CoordinateSystemNames.PATIENT,
@@ -113,7 +104,7 @@ def write_sc(
             # highdicom annotates int pairs; spacing in mm is a float pair (DS).
             pixel_spacing=(float(volume.spacing[1]), float(volume.spacing[2])),  # type: ignore[arg-type]
             patient_orientation=_patient_orientation(volume),
-            contributing_equipment=[contributing_equipment(spec)],
+            contributing_equipment=[contributing_equipment(spec, uids)],
         )
         image.SeriesDescription = description
         image.ImageType = ["DERIVED", "SECONDARY"]
@@ -134,8 +125,76 @@ def write_sc(
     return images
 
 
-def _window(volume: Volume) -> tuple[float, float]:
-    """Display window of the source: its first Window Center/Width, else the 1-99 percentiles."""
+def label_colours(spec: PipelineSpec) -> dict[str, tuple[int, int, int]]:
+    """Display colour (RGB 0-255) of each label: its own, else one of a fixed palette.
+
+    Parameters
+    ----------
+    spec : PipelineSpec
+        The pipeline.
+
+    Returns
+    -------
+    dict[str, tuple[int, int, int]]
+        Colour by label name; every result kind draws a label in the same colour.
+    """
+    return {
+        label.name: label.color or _PALETTE[i % len(_PALETTE)]
+        for i, label in enumerate(spec.labels)
+    }
+
+
+def burn_in(
+    volume: Volume,
+    masks: Mapping[str, npt.NDArray[np.bool_]],
+    colours: Mapping[str, tuple[int, int, int]],
+    slice_index: int,
+    window: tuple[float, float],
+) -> npt.NDArray[np.uint8]:
+    """One slice, windowed to 8 bits, with each mask filled faintly and outlined in its colour.
+
+    Parameters
+    ----------
+    volume : Volume
+        The source volume.
+    masks : Mapping[str, numpy.ndarray]
+        Masks (shaped like the volume) to draw, in drawing order.
+    colours : Mapping[str, tuple[int, int, int]]
+        RGB colour by label name (:func:`label_colours`).
+    slice_index : int
+        The slice.
+    window : tuple[float, float]
+        Lowest and highest value shown (:func:`display_window`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(rows, columns, 3)`` uint8 RGB.
+    """
+    low, high = window
+    grey = np.clip((volume.array[slice_index] - low) / (high - low), 0.0, 1.0) * 255.0
+    rgb = np.repeat(grey[..., np.newaxis], 3, axis=-1)
+    for name, mask3d in masks.items():
+        mask = mask3d[slice_index]
+        colour = np.asarray(colours[name], dtype=np.float32)
+        rgb[mask] = (1 - _FILL_ALPHA) * rgb[mask] + _FILL_ALPHA * colour
+        rgb[edge(mask)] = colour
+    return np.asarray(np.rint(rgb), dtype=np.uint8)
+
+
+def display_window(volume: Volume) -> tuple[float, float]:
+    """Display window of the source: its first Window Center/Width, else the 1-99 percentiles.
+
+    Parameters
+    ----------
+    volume : Volume
+        The source volume.
+
+    Returns
+    -------
+    tuple[float, float]
+        The lowest and highest value shown.
+    """
     header = volume.datasets[0]
     centre, width = header.get("WindowCenter"), header.get("WindowWidth")
     if centre is not None and width is not None:

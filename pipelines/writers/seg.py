@@ -18,8 +18,8 @@ Every identity comes from the caller: UIDs from :mod:`pipelines.uids` (never
 ``generate_uid()``), the series description and codes from the pipeline
 definition. The AI algorithm is named three times, as IHE AI Results (AIR)
 asks: Manufacturer's Model Name / Software Versions, the segments' Algorithm
-Identification, and a Contributing Equipment item (PS3.3 C.12.1) whose purpose
-is (109102, DCM, "Processing Equipment").
+Identification, and a Contributing Equipment item (PS3.3 C.12.1) with the AIR
+purpose of reference and the algorithm's Device UID (:func:`contributing_equipment`).
 
 The source headers are enough: highdicom reads geometry and references from
 them and never needs their Pixel Data.
@@ -47,6 +47,7 @@ from pipelines.volume import Volume
 
 __all__ = [
     "MANUFACTURER",
+    "PROCESSING_ALGORITHM",
     "SEG_SERIES_NUMBER",
     "code",
     "contributing_equipment",
@@ -61,6 +62,9 @@ logger = logging.getLogger(__name__)
 
 #: Manufacturer of every object the node writes.
 MANUFACTURER = "dicom-node"
+#: Purpose of Reference of the algorithm's Contributing Equipment item, as IHE AI Results
+#: (AIR) defines it for an Evidence Creator; DICOM has no code of its own for it yet.
+PROCESSING_ALGORITHM = hd.sr.CodedConcept("Newcode1", "99IHE", "Processing Algorithm")
 #: Series Number of the SEG series; high, so viewers list results after the images.
 SEG_SERIES_NUMBER = 9001
 # Nothing identifies a physical device; a fixed value keeps re-runs byte-stable.
@@ -101,27 +105,40 @@ def software_versions(spec: PipelineSpec) -> tuple[str, ...]:
     return (f"dicom-node {node_version}", f"{spec.name} {spec.version}")
 
 
-def contributing_equipment(spec: PipelineSpec) -> hd.ContributingEquipment:
+def contributing_equipment(spec: PipelineSpec, uids: ResultUIDs) -> hd.ContributingEquipment:
     """Build the Contributing Equipment item that names the algorithm (IHE AIR).
 
     Parameters
     ----------
     spec : PipelineSpec
         The pipeline.
+    uids : ResultUIDs
+        The job's UIDs; their Device UID identifies the algorithm and its model.
 
     Returns
     -------
     highdicom.ContributingEquipment
-        Purpose (109102, DCM, "Processing Equipment"), manufacturer, the
-        algorithm name as model name and the pipeline version.
+        Purpose :data:`PROCESSING_ALGORITHM` (AIR's code for an algorithm, not
+        DICOM's (109102, DCM, "Processing Equipment"), which names a device),
+        manufacturer, the algorithm name as model name, the pipeline version as
+        software version, the Device UID, and whether it is for diagnosis.
     """
-    return hd.ContributingEquipment(
+    item = hd.ContributingEquipment(
         manufacturer=MANUFACTURER,
+        # highdicom accepts only CID 7005's own terms; that context group is extensible,
+        # so AIR's code replaces the placeholder below.
         purpose_of_reference=codes.DCM.ProcessingEquipment,
         manufacturer_model_name=_lo(spec.algorithm_name, "algorithm name"),
         software_versions=[spec.version],
-        contribution_description="AI-generated result (not for diagnosis)",
+        contribution_description=(
+            "AI-generated result"
+            if spec.cleared_for_clinical_use
+            else "AI-generated result (not for diagnosis)"
+        ),
     )
+    item.PurposeOfReferenceCodeSequence = [PROCESSING_ALGORITHM]
+    item.DeviceUID = uids.device_uid
+    return item
 
 
 def segment_numbers(
@@ -364,7 +381,7 @@ def write_seg(
         content_description=_lo(spec.series_description, "series_description"),
         series_description=_lo(spec.series_description, "series_description"),
         omit_empty_frames=True,
-        contributing_equipment=[contributing_equipment(spec)],
+        contributing_equipment=[contributing_equipment(spec, uids)],
     )
     # highdicom draws a random Dimension Organization UID; derive it so re-runs match.
     dimension_uid = uids.uid("seg-dimension-organization")

@@ -20,9 +20,25 @@ Current Requested Procedure Evidence. One reference per source image per
 segment would repeat the SEG's mapping in the SR (900 content items for three
 segments over 300 slices) and made building the SR take over a second.
 
-The observer is a device (the pipeline), whose UID is derived like every other
-UID here. The document is COMPLETE, UNVERIFIED and PRELIMINARY: a machine made
-it and no person has checked it.
+Each segment also gets a TID 1410 "Planar ROI Measurements and Qualitative
+Evaluations" group with the same Tracking UID: its outline on the slice where
+its cross-section is largest, as a SCOORD POLYLINE on that source image (its
+SOP Instance and, for a multi-frame source, frame), with the cross-section's
+area (42798000, SCT, "Area") in mm2, and for anatomy its Finding Site. Viewers
+that draw SR measurements on images need such a region: OHIF's SR viewport
+reads each group's SCOORD or SCOORD3D and its Referenced SOP Sequence, merges
+the groups of one Tracking UID into one measurement (so it lists the volume,
+the mean, the area and the site) and jumps to that image; a group without a
+region stopped its viewport with a TypeError. dcmqi and 3D Slicer keep reading
+the volumetric groups.
+
+Procedure Reported names the imaging procedure: the source's own Procedure
+Code Sequence where it has one, else the CID 100 code of its modality
+(:func:`procedure_reported`).
+
+The observer is a device (the algorithm), whose UID is the algorithm's Device
+UID (:attr:`pipelines.uids.ResultUIDs.device_uid`). The document is COMPLETE,
+UNVERIFIED and PRELIMINARY: a machine made it and no person has checked it.
 """
 
 from __future__ import annotations
@@ -37,8 +53,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from pipelines.errors import PipelineError
+from pipelines.outline import Outlines, to_image_coordinates, trace
 from pipelines.spec import LabelSpec, PipelineSpec
-from pipelines.uids import ResultUIDs, derive_uid
+from pipelines.uids import ResultUIDs
 from pipelines.volume import RegionStats, Volume
 from pipelines.writers.absent import absent_group
 from pipelines.writers.seg import (
@@ -51,13 +68,18 @@ from pipelines.writers.seg import (
 )
 
 __all__ = [
+    "AREA",
     "HOUNSFIELD_UNIT",
     "MEAN",
     "MEAN_ATTENUATION",
     "MILLILITER",
+    "SQUARE_MILLIMETER",
     "SR_SERIES_NUMBER",
     "VOLUME",
+    "device_observer",
     "observation_context",
+    "procedure_reported",
+    "report_sr",
     "write_sr",
 ]
 
@@ -71,9 +93,21 @@ MILLILITER = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
 MEAN_ATTENUATION = hd.sr.CodedConcept("112031", "DCM", "Attenuation Coefficient")
 MEAN = hd.sr.CodedConcept("373098007", "SCT", "Mean")
 HOUNSFIELD_UNIT = hd.sr.CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit")
+AREA = hd.sr.CodedConcept("42798000", "SCT", "Area")
+SQUARE_MILLIMETER = hd.sr.CodedConcept("mm2", "UCUM", "square millimeter")
+#: Segmented Property Category (SCT) of anatomy, as opposed to findings.
+ANATOMICAL_STRUCTURE = "123037004"
 
 # CID 100 "Quantitative Diagnostic Imaging Procedures" by modality; others get the generic code.
-_PROCEDURES = {"CT": codes.cid100.CTUnspecifiedBodyRegion}
+_PROCEDURES = {
+    "CT": codes.cid100.CTUnspecifiedBodyRegion,
+    "MR": codes.cid100.MRIUnspecifiedBodyRegion,
+    "PT": codes.cid100.PETUnspecifiedBodyRegion,
+    "NM": codes.cid100.NMUnspecifiedBodyRegion,
+    "CR": codes.cid100.XRUnspecifiedBodyRegion,
+    "DX": codes.cid100.XRUnspecifiedBodyRegion,
+    "MG": codes.cid100.XRUnspecifiedBodyRegion,
+}
 
 
 def write_sr(
@@ -84,10 +118,11 @@ def write_sr(
     uids: ResultUIDs,
     measurements: Mapping[str, RegionStats],
     *,
+    outlines: Outlines | None = None,
     series_number: int = SR_SERIES_NUMBER,
     absent: Sequence[LabelSpec] = (),
 ) -> Dataset:
-    """Build the SR of a job, referencing its SEG.
+    """Build the SR of a job, referencing its SEG and each segment's key image.
 
     Parameters
     ----------
@@ -103,6 +138,9 @@ def write_sr(
         Where the SR's UIDs come from.
     measurements : Mapping[str, RegionStats]
         Volume and mean per label name.
+    outlines : Outlines or None
+        The masks' outlines (:func:`pipelines.outline.trace`), when the job
+        traced them already; traced here otherwise.
     series_number : int
         Series Number of the SR.
     absent : Sequence[LabelSpec]
@@ -134,25 +172,30 @@ def write_sr(
             raise PipelineError(f"no measurement for label {name!r}")
 
     modality = str(volume.datasets[0].get("Modality", ""))
+    outlines = outlines if outlines is not None else trace({n: masks[n] for n in numbers})
     algorithm = hd.sr.AlgorithmIdentification(name=spec.algorithm_name, version=spec.version)
-    groups = [
-        _roi_group(
-            label=labels[name],
-            number=number,
-            mask=masks[name],
-            stats=measurements[name],
-            seg_dataset=seg_dataset,
-            volume=volume,
-            uids=uids,
-            algorithm=algorithm,
-            with_attenuation=modality == "CT",
+    groups: list[
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    ] = []
+    for name, number in numbers.items():
+        groups.append(
+            _roi_group(
+                label=labels[name],
+                number=number,
+                mask=masks[name],
+                stats=measurements[name],
+                seg_dataset=seg_dataset,
+                volume=volume,
+                uids=uids,
+                algorithm=algorithm,
+                with_attenuation=modality == "CT",
+            )
         )
-        for name, number in numbers.items()
-    ]
-    context = observation_context(spec)
+        groups.append(_planar_group(labels[name], outlines, volume, uids, algorithm))
     report = hd.sr.MeasurementReport(
-        observation_context=context,
-        procedure_reported=_PROCEDURES.get(modality, codes.cid100.ImagingProcedure),
+        observation_context=observation_context(spec, uids),
+        procedure_reported=procedure_reported(volume.datasets[0]),
         imaging_measurements=[
             *groups,
             *(absent_group(label, volume.datasets[0], uids, algorithm) for label in absent),
@@ -209,34 +252,79 @@ def report_sr(
         series_description=spec.series_description,
         manufacturer_model_name=spec.name,
         software_versions=list(software_versions(spec)),
-        contributing_equipment=[contributing_equipment(spec)],
+        contributing_equipment=[contributing_equipment(spec, uids)],
     )
 
 
-def observation_context(spec: PipelineSpec) -> hd.sr.ObservationContext:
-    """The observer of a report: the pipeline, as a device (TID 1004).
+def observation_context(spec: PipelineSpec, uids: ResultUIDs) -> hd.sr.ObservationContext:
+    """The observer of a report: the algorithm, as a device (TID 1002, 1004).
 
     Parameters
     ----------
     spec : PipelineSpec
         The pipeline.
+    uids : ResultUIDs
+        The job's UIDs; the observer's UID is their Device UID, the same as in
+        the Contributing Equipment item (IHE AIR).
 
     Returns
     -------
     highdicom.sr.ObservationContext
-        A device observer whose UID is derived from the pipeline's name and version.
+        A device observer named by the algorithm.
+    """
+    return hd.sr.ObservationContext(observer_device_context=device_observer(spec, uids))
+
+
+def device_observer(spec: PipelineSpec, uids: ResultUIDs) -> hd.sr.ObserverContext:
+    """The algorithm as a device observer (TID 1004): its Device UID, name and maker.
+
+    Parameters
+    ----------
+    spec : PipelineSpec
+        The pipeline.
+    uids : ResultUIDs
+        The job's UIDs (their Device UID).
+
+    Returns
+    -------
+    highdicom.sr.ObserverContext
+        Observer type (121007, DCM, "Device").
     """
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=derive_uid("device", MANUFACTURER, spec.name, spec.version),
+        uid=uids.device_uid,
         name=spec.algorithm_name,
         manufacturer_name=MANUFACTURER,
         model_name=spec.name,
     )
-    return hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device, observer_identifying_attributes=device
-        )
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device, observer_identifying_attributes=device
     )
+
+
+def procedure_reported(source: Dataset) -> hd.sr.CodedConcept:
+    """Procedure Reported of a report on ``source``: the imaging procedure that made it.
+
+    Parameters
+    ----------
+    source : pydicom.dataset.Dataset
+        A header of the source images.
+
+    Returns
+    -------
+    highdicom.sr.CodedConcept
+        The first item of the source's Procedure Code Sequence (0008,1032), the
+        procedure as the department coded it; else the CID 100 code of its
+        modality (e.g. (25045-6, LN, "CT unspecified body region")); else
+        (363679005, SCT, "Imaging procedure").
+    """
+    for item in source.get("ProcedureCodeSequence", []):
+        value = item.get("CodeValue") or item.get("LongCodeValue") or item.get("URNCodeValue")
+        if value and item.get("CodingSchemeDesignator") and item.get("CodeMeaning"):
+            return hd.sr.CodedConcept(
+                str(value), str(item.CodingSchemeDesignator), str(item.CodeMeaning)
+            )
+    code = _PROCEDURES.get(str(source.get("Modality", "")), codes.cid100.ImagingProcedure)
+    return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
 
 
 def _roi_group(
@@ -307,4 +395,53 @@ def _roi_group(
         finding_category=code(label.category),
         algorithm_id=algorithm,
         measurements=items,
+    )
+
+
+def _planar_group(
+    label: LabelSpec,
+    outlines: Outlines,
+    volume: Volume,
+    uids: ResultUIDs,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """One TID 1410 group: the segment's outline on its key image, and the area there."""
+    k = outlines.representative_slice(label.name)
+    if k is None:
+        raise PipelineError(f"label {label.name!r} has a segment but no outline")
+    source = volume.datasets[k]
+    frame = volume.frame_numbers[k] if volume.frame_numbers else None
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=to_image_coordinates(outlines.largest(label.name, k)),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=str(source.SOPClassUID),
+            referenced_sop_instance_uid=str(source.SOPInstanceUID),
+            referenced_frame_numbers=[frame] if frame is not None else None,
+        ),
+    )
+    pixel_mm2 = float(volume.spacing[1] * volume.spacing[2])
+    area = hd.sr.Measurement(
+        name=AREA,
+        value=outlines.areas[label.name][k] * pixel_mm2,
+        unit=SQUARE_MILLIMETER,
+        algorithm_id=algorithm,
+    )
+    # An anatomical structure is where it is: its own code is its Finding Site, which
+    # OHIF prints under the measurements, so the reader sees which structure they are.
+    sites = (
+        [hd.sr.FindingSite(anatomic_location=code(label.type))]
+        if label.category.value == ANATOMICAL_STRUCTURE
+        else None
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid(uids, label.name), identifier=label.label
+        ),
+        referenced_region=region,
+        finding_type=code(label.type),
+        finding_category=code(label.category),
+        finding_sites=sites,
+        algorithm_id=algorithm,
+        measurements=[area],
     )

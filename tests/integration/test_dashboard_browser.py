@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from dicom_node.phantom import ChestPhantom
 from dicom_node.phi import study_tag
 from dicom_node.services import OrthancHandle, orthanc_study_objects, wait_until
 from dicom_node.state import JobState, StateDB
 from dicom_node.web.auth import hash_password
+from tests.browsers import chromium
 from tests.node_process import REPO, run_node, run_worker, storescu, write_config
 
 pytestmark = pytest.mark.slow
@@ -33,19 +34,14 @@ pytestmark = pytest.mark.slow
 ARTIFACTS = REPO / "test-artifacts" / "dashboard"
 ADMIN_PASSWORD = "dashboard-admin-7f3"
 SENTINEL = "SENTINEL^BROWSER^X9"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 PHANTOM = ChestPhantom(slices=40, size=256, pixel_spacing_mm=1.4)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Debian's chromium, headless (Playwright's own browsers are never downloaded)."""
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium("--disable-gpu") as launched:
+        yield launched
 
 
 def _dashboard_url(log: Path) -> str:

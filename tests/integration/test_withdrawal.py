@@ -22,6 +22,7 @@ import pydicom
 import pytest
 
 from dicom_node.phantom import ChestPhantom, PhantomStudy
+from dicom_node.scp.storage import _routing_attributes
 from dicom_node.services import OrthancHandle, orthanc_rest
 from dicom_node.settings import Settings, load_settings
 from dicom_node.spool import Spool
@@ -84,7 +85,7 @@ def _receive(supervisor: Supervisor, paths: Sequence[Path]) -> None:
                 modality=ds.Modality,
                 accession_number=ds.AccessionNumber,
                 study_date=ds.StudyDate,
-                series_attributes={"Modality": ds.Modality, "SeriesDescription": ""},
+                series_attributes=_routing_attributes(ds),
             )
         )
 

@@ -42,7 +42,7 @@ def node(tmp_path: Path) -> Iterator[tuple[Supervisor, StateDB, int]]:
         job_id = job.id
     result = spool.job_dir(job_id) / "seg.dcm"
     result.write_bytes(Path(str(get_testdata_file("CT_small.dcm"))).read_bytes())
-    state.create_exports(job_id, ["archive"], [(spool.relative(result), "1.2.3.4.5")], {})
+    state.create_exports(job_id, [("archive", spool.relative(result), "1.2.3.4.5")], {})
     # The producer is only used by the broker steps, not by export.
     yield Supervisor(settings, spool, state, {}, producer=None), state, job_id
     state.close()

@@ -56,7 +56,7 @@ def _done(
     job_id = make_job(state, study)
     (spool.job_dir(job_id) / "seg.dcm").write_bytes(b"result" * 100)
     (spool.job_dir(job_id) / "manifest.json").write_bytes(b"{}")
-    state.create_exports(job_id, ["archive"], [(f"jobs/{job_id}/seg.dcm", "1.2.3.4")], {})
+    state.create_exports(job_id, [("archive", f"jobs/{job_id}/seg.dcm", "1.2.3.4")], {})
     for row in state.exports_of(job_id):
         state.mark_export_sent(row.id)
     state.set_job_state(job_id, JobState.DONE)

@@ -62,7 +62,9 @@ def _complete(state: StateDB, pipeline: str = "ct-body-lung", version: str = "1.
 def _deliver(state: StateDB, job_id: int, destinations: list[str], objects: int = 2) -> None:
     """The job's results exported and accepted everywhere."""
     results = [(f"jobs/{job_id}/r{i}.dcm", f"9.{job_id}.{i}") for i in range(objects)]
-    state.create_exports(job_id, destinations, results, {})
+    state.create_exports(
+        job_id, [(dest, path, uid) for dest in destinations for path, uid in results], {}
+    )
     for row in state.exports_of(job_id):
         state.mark_export_sent(row.id)
     state.set_job_state(job_id, JobState.DONE)
@@ -71,7 +73,7 @@ def _deliver(state: StateDB, job_id: int, destinations: list[str], objects: int 
 def test_a_grown_study_stops_the_older_jobs_work_at_once(state: StateDB) -> None:
     _receive(state, 1, 2, 3)
     first = _complete(state)
-    state.create_exports(first, ["archive"], [("jobs/1/seg.dcm", "9.1")], {})
+    state.create_exports(first, [("archive", "jobs/1/seg.dcm", "9.1")], {})
     _receive(state, 4, 5)
     second = _complete(state)
     job = state.job(first)
@@ -94,7 +96,9 @@ def test_a_delivered_result_stays_until_the_new_one_is_delivered(state: StateDB)
     assert job is not None
     assert job.state is JobState.DONE, "a delivered result is not touched by supersession"
     assert withdrawals_for(state, second) == []  # nothing of the new one delivered yet
-    state.create_exports(second, ["archive", "backup"], [("jobs/2/seg.dcm", "9.2.0")], {})
+    state.create_exports(
+        second, [(dest, "jobs/2/seg.dcm", "9.2.0") for dest in ("archive", "backup")], {}
+    )
     rows = {row.destination: row for row in state.exports_of(second)}
     state.mark_export_sent(rows["archive"].id)
     (due,) = withdrawals_for(state, second)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from dicom_node.phantom import PhantomStudy
+from dicom_node.phantom_dx import ChestRadiographPhantom
 from pipelines.run import run_pipeline
-from pipelines.spec import PipelineSpec, load_pipeline_specs
+from pipelines.spec import OutputKind, PipelineSpec, load_pipeline_specs
 from tests.unit.pipelines.phantom_series import SENTINEL_NAME, SMALL, PipelineResult
 
 REPO = Path(__file__).resolve().parents[3]
@@ -39,3 +40,30 @@ def pipeline_result(
     output_dir = tmp_path_factory.mktemp("job-1")
     manifest = run_pipeline(body_lung_spec, small_study.paths, output_dir, job_id=1)
     return PipelineResult(study=small_study, manifest=manifest, output_dir=output_dir)
+
+
+@pytest.fixture(scope="session")
+def every_kind(
+    small_study: PhantomStudy,
+    body_lung_spec: PipelineSpec,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> PipelineResult:
+    """``run_pipeline`` asked for every result kind, the lungs marked as findings."""
+    labels = [
+        label.model_copy(update={"finding": label.name != "body"})
+        for label in body_lung_spec.labels
+    ]
+    spec = body_lung_spec.model_copy(update={"labels": labels})
+    output_dir = tmp_path_factory.mktemp("job-every-kind")
+    manifest = run_pipeline(spec, small_study.paths, output_dir, job_id=2, outputs=list(OutputKind))
+    return PipelineResult(study=small_study, manifest=manifest, output_dir=output_dir)
+
+
+@pytest.fixture(scope="session")
+def classified_every_kind(tmp_path_factory: pytest.TempPathFactory) -> PipelineResult:
+    """The shipped DX classifier asked for SR, KOS and PDF on radiographs, some with a nodule."""
+    spec = load_pipeline_specs(REPO / "config" / "pipelines")["dx-chest-nodule"]
+    folder = tmp_path_factory.mktemp("dx-every-kind")
+    study = ChestRadiographPhantom(size=256, seed=11).write(folder / "in", (True, False, True))
+    manifest = run_pipeline(spec, study.paths, folder / "out", job_id=3, outputs=list(OutputKind))
+    return PipelineResult(study=study, manifest=manifest, output_dir=folder / "out")  # type: ignore[arg-type]

@@ -99,12 +99,12 @@ def test_missing_model_files_are_a_config_error_before_any_output(
     assert not any(tmp_path.iterdir())
 
 
-def test_sr_without_seg_is_a_config_error(
+def test_an_sr_alone_writes_the_seg_it_refers_to(
     small_study: PhantomStudy, body_lung_spec: PipelineSpec, tmp_path: Path
 ) -> None:
     spec = body_lung_spec.model_copy(update={"outputs": [OutputKind.SR]})
-    with pytest.raises(PipelineConfigError, match="needs 'seg'"):
-        run_pipeline(spec, small_study.paths, tmp_path, job_id=5)
+    manifest = run_pipeline(spec, small_study.paths, tmp_path, job_id=5)
+    assert [o.kind for o in manifest.outputs] == [OutputKind.SEG, OutputKind.SR]
 
 
 def test_label_the_model_does_not_produce_is_a_config_error(

@@ -63,14 +63,18 @@ def test_segments_carry_the_definitions_codes(
 def test_contributing_equipment_names_the_algorithm(
     seg: hd.seg.Segmentation, body_lung_spec: PipelineSpec
 ) -> None:
-    processing = [
+    # IHE AIR: one item per algorithm, purpose (Newcode1, 99IHE, "Processing Algorithm").
+    algorithms = [
         item
         for item in seg.ContributingEquipmentSequence
-        if item.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
-        and item.Manufacturer == "dicom-node"
+        if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
     ]
-    assert len(processing) == 1
-    assert processing[0].ManufacturerModelName == body_lung_spec.algorithm_name
+    assert len(algorithms) == 1
+    assert algorithms[0].PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator == "99IHE"
+    assert algorithms[0].Manufacturer == "dicom-node"
+    assert algorithms[0].ManufacturerModelName == body_lung_spec.algorithm_name
+    assert algorithms[0].SoftwareVersions == body_lung_spec.version
+    assert str(algorithms[0].DeviceUID).startswith("2.25.")
 
 
 def test_frames_reference_source_slices_at_their_positions(

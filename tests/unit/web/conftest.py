@@ -288,7 +288,7 @@ def done_job(state: StateDB, spool: Spool, tmp_path: Path) -> SeededJob:
     finish_on_worker(spool, state, job_id, outputs=[output])
     measurements = {"right_lung.volume_ml": 812.5}  # as the manifest says
     state.create_exports(
-        job_id, ["archive"], [(f"jobs/{job_id}/seg.dcm", output.sop_instance_uid)], measurements
+        job_id, [("archive", f"jobs/{job_id}/seg.dcm", output.sop_instance_uid)], measurements
     )
     for row in state.exports_of(job_id):
         state.mark_export_sent(row.id)

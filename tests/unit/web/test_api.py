@@ -242,7 +242,7 @@ def test_retry_an_export_failure_resends_only_what_failed(
     browser, token = admin
     job_id = done_job.job_id
     # Run it again from EXPORTING with a second destination that refuses everything.
-    state.create_exports(job_id, ["backup"], [("jobs/x/seg.dcm", "1.2.3.4")], {})
+    state.create_exports(job_id, [("backup", "jobs/x/seg.dcm", "1.2.3.4")], {})
     with state.session() as s:
         from dicom_node.state.schema import Job
 

@@ -124,7 +124,7 @@ def test_job_stage_histograms_and_failures_from_job_events(
     assert samples[("dicom_node_job_failures_total", pipeline_failures)] == 1
 
     # An export that fails to the end counts per destination, and keeps counting after a retry.
-    state.create_exports(failed_job.job_id, ["backup"], [("x.dcm", "1.2.3")], {})
+    state.create_exports(failed_job.job_id, [("backup", "x.dcm", "1.2.3")], {})
     assert scrape(browser)[("dicom_node_exports_pending", (("destination", "backup"),))] == 1
     (row,) = state.exports_of(failed_job.job_id)
     state.mark_export_failed(row.id, "refused", None)

@@ -30,6 +30,7 @@ from dicom_node.state import StateDB
 from dicom_node.state.schema import RoutingVerdict, Study, StudyState, utcnow
 from dicom_node.supervisor import Supervisor
 from pipelines.spec import load_pipeline_specs
+from tests.node_process import REPO
 from tests.unit.web.conftest import ingest
 
 #: Free text in a Series Description: an admin sees it, a viewer, the logs and status do not.
@@ -86,7 +87,8 @@ def test_supervisor_stores_a_verdict_per_series_and_pipeline(
     with state.session() as s:
         rows = s.scalars(select(RoutingVerdict).order_by(RoutingVerdict.id)).all()
         outcomes = {(r.study_uid, r.pipeline): (r.outcome, r.job_id, r.new_job) for r in rows}
-    assert len(rows) == 2 * 3, "two single-series studies, three shipped pipelines"
+    shipped = len(load_pipeline_specs(REPO / "config" / "pipelines"))
+    assert len(rows) == 2 * shipped, "two single-series studies, every shipped pipeline"
     outcome, job_id, new_job = outcomes[(routed.ct.study_uid, "ct-body-lung")]
     assert outcome == Outcome.SELECTED
     assert job_id is not None
@@ -110,7 +112,10 @@ def test_a_changed_study_stores_no_verdict_and_a_rerouting_replaces_them(
         with state.session() as s:
             return int(s.scalar(select(func.count(RoutingVerdict.id))) or 0)
 
-    assert count() == 6
+    # Two single-series studies, a verdict for every shipped pipeline each.
+    expected = 2 * len(load_pipeline_specs(REPO / "config" / "pipelines"))
+
+    assert count() == expected
     # Routed again (a late instance re-opened it): the verdicts are replaced, and the
     # existing job is linked, not duplicated. The old rows are marked to tell them apart.
     with state.session() as s:
@@ -124,14 +129,14 @@ def test_a_changed_study_stores_no_verdict_and_a_rerouting_replaces_them(
             select(RoutingVerdict).where(RoutingVerdict.study_uid == routed.ct.study_uid)
         ).all()
         lung = [r for r in rows if r.pipeline == "ct-body-lung"]
-    assert count() == 6
+    assert count() == expected
     assert all(r.rules for r in rows), "the study's old rows were replaced"
     assert len(lung) == 1
     assert lung[0].job_id is not None
     assert not lung[0].new_job, "the same input set ran before: linked, not a new job"
     # A study whose instance count moved on since routing read it: nothing is stored.
     assert state.complete_study(routed.ct.study_uid, 999, [], []) == []
-    assert count() == 6
+    assert count() == expected
 
 
 def test_api_tells_why_with_values_by_role(

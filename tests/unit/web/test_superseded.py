@@ -54,7 +54,7 @@ def _supersede(state: StateDB, spool: Spool, job: SeededJob, *, withdraw: bool =
     (newer,) = state.complete_study(
         job.study.study_uid, count, [NewJob(series[0], "ct-body-lung", "1.0.0", "cpu", "rule")]
     )
-    state.create_exports(newer, ["archive"], [(f"jobs/{newer}/seg.dcm", "9.8.7")], {})
+    state.create_exports(newer, [("archive", f"jobs/{newer}/seg.dcm", "9.8.7")], {})
     for row in state.exports_of(newer):
         state.mark_export_sent(row.id)
     state.set_job_state(newer, JobState.DONE)

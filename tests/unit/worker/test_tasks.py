@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from dicom_node.phantom import ChestPhantom
 from dicom_node.settings import load_settings
 from dicom_node.spool import Spool
 from pipelines.manifest import JobRequest, ManifestStatus, read_manifest
+from pipelines.spec import OutputKind
 from worker.tasks import execute_job
 
 REPO = Path(__file__).resolve().parents[3]
@@ -77,3 +79,21 @@ def test_worker_start_names_what_an_enabled_bundle_lacks(
         make_celery(settings)
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert any("not_installed_anywhere" in r.getMessage() for r in errors)
+
+
+def test_the_requested_outputs_are_what_the_job_writes(tmp_path: Path) -> None:
+    """The node asks for what its destinations receive; the worker writes that, not its default."""
+    spool = Spool(tmp_path / "spool")
+    settings = load_settings(None, spool_dir=spool.root, pipelines_dir=REPO / "config/pipelines")
+    study = ChestPhantom(slices=12, size=64, pixel_spacing_mm=5.6).write(
+        spool.root / "instances" / "phantom"
+    )
+    inputs = [str(p.relative_to(spool.root)) for p in study.paths]
+    request = _request(spool.node_id, inputs=inputs, outputs=["rtstruct", "pdf"])
+    manifest = execute_job(settings, request)
+    assert manifest.status is ManifestStatus.DONE, manifest.reason
+    assert [o.kind for o in manifest.outputs] == [OutputKind.RTSTRUCT, OutputKind.PDF]
+    assert sorted(p.name for p in (spool.root / "jobs" / "7").glob("*.dcm")) == [
+        "report.dcm",
+        "rtstruct.dcm",
+    ]

@@ -1,4 +1,4 @@
-"""The IOCM rejection note over the SEG and SR of a real pipeline run."""
+"""The IOCM rejection note (``dicom_node.rejection_note``) over a real pipeline run's results."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from pipelines.writers.kos import KOS_SERIES_NUMBER, RejectionTitle, write_rejection_note
+from dicom_node.rejection_note import (
+    MANUFACTURER,
+    REJECTION_SERIES_NUMBER,
+    RejectionTitle,
+    write_rejection_note,
+)
+from pipelines.writers.seg import MANUFACTURER as RESULTS_MANUFACTURER
 from tests.judges import dciodvfy_errors
 from tests.unit.pipelines.phantom_series import SENTINEL_NAME, PipelineResult
 
@@ -78,8 +84,10 @@ def test_title_study_and_series(note_path: Path, rejected: list[Dataset]) -> Non
     assert note.StudyInstanceUID == rejected[0].StudyInstanceUID
     assert note.PatientName == SENTINEL_NAME  # copied from the rejected objects
     assert note.SeriesInstanceUID not in {ds.SeriesInstanceUID for ds in rejected}
-    assert note.SeriesNumber == KOS_SERIES_NUMBER
+    assert note.SeriesNumber == REJECTION_SERIES_NUMBER
     assert note.InstanceNumber == 7
+    # The note names the same manufacturer as the results it withdraws.
+    assert note.Manufacturer == MANUFACTURER == RESULTS_MANUFACTURER
 
 
 def test_other_titles_of_cid_7010() -> None:
