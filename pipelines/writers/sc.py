@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from scipy import ndimage
 
+from pipelines.load import frame_group
 from pipelines.spec import PipelineSpec
 from pipelines.uids import ResultUIDs
 from pipelines.volume import Volume
@@ -74,6 +75,9 @@ def write_sc(
         if mask.shape != volume.shape:
             raise ValueError(f"mask {name!r} has shape {mask.shape}, expected {volume.shape}")
     names = [label.name for label in spec.labels if label.name in masks]
+    # Burned into the source slices: masks on a resampled grid go back onto them.
+    planes = {name: volume.on_source_planes(masks[name]) for name in names}
+    values = volume.source_array
     colours = {
         label.name: np.asarray(label.color or _PALETTE[i % len(_PALETTE)], dtype=np.float32)
         for i, label in enumerate(spec.labels)
@@ -84,14 +88,14 @@ def write_sc(
     if len(description) > 64:  # Long String; keep it saying what it is
         description = "AI burned-in overlay (not for diagnosis)"
     images: list[Dataset] = []
-    for k in range(volume.shape[0]):
-        present = [name for name in names if masks[name][k].any()]
+    for k in range(values.shape[0]):
+        present = [name for name in names if planes[name][k].any()]
         if not present:
             continue
-        grey = np.clip((volume.array[k] - low) / (high - low), 0.0, 1.0) * 255.0
+        grey = np.clip((values[k] - low) / (high - low), 0.0, 1.0) * 255.0
         rgb = np.repeat(grey[..., np.newaxis], 3, axis=-1)
         for name in present:
-            mask = masks[name][k]
+            mask = planes[name][k]
             rgb[mask] = (1 - _FILL_ALPHA) * rgb[mask] + _FILL_ALPHA * colours[name]
             edge = mask & ~ndimage.binary_erosion(mask)
             rgb[edge] = colours[name]
@@ -135,22 +139,28 @@ def write_sc(
 
 
 def _window(volume: Volume) -> tuple[float, float]:
-    """Display window of the source: its first Window Center/Width, else the 1-99 percentiles."""
+    """Display window of the source: its first Window Center/Width, else the 1-99 percentiles.
+
+    An Enhanced image keeps the window in its Frame VOI LUT functional group.
+    """
     header = volume.datasets[0]
-    centre, width = header.get("WindowCenter"), header.get("WindowWidth")
+    first_frame = volume.frame_numbers[0] if volume.frame_numbers else None
+    voi = frame_group(header, first_frame, "FrameVOILUTSequence") or header
+    centre, width = voi.get("WindowCenter"), voi.get("WindowWidth")
     if centre is not None and width is not None:
         c = float(centre[0] if isinstance(centre, MultiValue) else centre)
         w = float(width[0] if isinstance(width, MultiValue) else width)
         if w > 1:
             return (c - w / 2.0, c + w / 2.0)
-    low, high = np.percentile(volume.array[:: max(1, volume.shape[0] // 16)], [1, 99])
+    values = volume.source_array
+    low, high = np.percentile(values[:: max(1, values.shape[0] // 16)], [1, 99])
     return (float(low), float(max(high, low + 1.0)))
 
 
 def _patient_orientation(volume: Volume) -> tuple[str, str]:
     """Patient Orientation letters of the rows' and columns' directions (PS3.3 C.7.6.1.1.1)."""
-    iop = [float(v) for v in volume.datasets[0].ImageOrientationPatient]
-    return (_letters(iop[:3]), _letters(iop[3:]))
+    iop = volume.image_orientation
+    return (_letters(list(iop[:3])), _letters(list(iop[3:])))
 
 
 def _letters(direction: list[float]) -> str:
