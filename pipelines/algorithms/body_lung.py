@@ -10,17 +10,29 @@ transposed view, on which every slice-wise step would stride through memory):
    a different component), then holes filled slice by slice. The lungs are
    enclosed by the chest wall in every axial slice, so filling puts them inside
    the body.
-2. **Lung candidates**: voxels below -400 HU inside the body, without the
+2. **Air inside the body**: voxels below -400 HU inside the body, without the
    components that touch the outside of the body (partial-volume voxels along
    the skin, which lie between the two thresholds).
-3. **Lungs**: candidate components of at least :data:`MIN_LUNG_ML` and at least
+3. **Airway**: the trachea is found in the top slices as a small air region
+   (:data:`TRACHEA_MIN_AREA_MM2` to :data:`AIRWAY_MAX_AREA_MM2`) near the
+   body's midline and followed down, slice by slice, through the carina into
+   both main bronchi. A region that overlaps the airway above it is airway as
+   long as it stays small (at most :data:`AIRWAY_GROWTH` times the part above);
+   where it suddenly grows, the bronchus has entered a lung and the tracing of
+   that branch stops (the "explosion" control of classical airway region
+   growing, as in Hu, Hoffman and Reinhardt, IEEE TMI 20(6), 2001). The airway
+   is not lung.
+4. **Lungs**: air components of at least :data:`MIN_LUNG_ML` and at least
    :data:`MIN_LUNG_FRACTION` of the largest one (bowel gas, small air pockets
    and noise are dropped).
-4. **Right and left**: the patient's right is -x in LPS (+x in RAS), read from
-   the affine, never from the column index. A component that lies at least
-   :data:`SIDE_MAJORITY` on one side of the body's centre goes to that side;
-   one that straddles the midline (lungs touching at the anterior junction, or
-   a trachea joining them) is cut at the midline.
+5. **Right and left**, by the lungs' own connected components. The patient's
+   right is -x in LPS (+x in RAS), read from the affine, never from the column
+   index. A component that lies at least :data:`SIDE_MAJORITY` on one side of
+   the body's centre goes to that side. One that straddles the midline is two
+   lungs touching (at the anterior junction): it is eroded in-plane until it
+   falls apart into two lung-sized parts, and every voxel goes to the part
+   nearest to it, so the cut follows the narrow junction. Only if no erosion up
+   to :data:`MAX_JUNCTION_MM` separates it is it cut at the midline.
 
 MONAI's ``KeepLargestConnectedComponent`` and ``RemoveSmallObjects`` need
 scikit-image on the CPU, which this project does not install, and its
@@ -28,7 +40,8 @@ scikit-image on the CPU, which this project does not install, and its
 instead and follow MONAI's array-transform conventions.
 
 For demonstration and tests, not for diagnosis: a table that touches the
-patient, or a large air-filled stomach, fools it.
+patient, or a large air-filled stomach, fools it; intrapulmonary airways are
+counted as lung, as lung masks usually do.
 """
 
 from __future__ import annotations
@@ -52,17 +65,23 @@ from pipelines.errors import UnsupportedInput
 from pipelines.volume import TensorLayout, Volume
 
 __all__ = [
+    "AIRWAY_GROWTH",
+    "AIRWAY_MAX_AREA_MM2",
     "BODY",
     "BODY_THRESHOLD_HU",
     "LABEL_NAMES",
     "LEFT_LUNG",
     "LUNG_THRESHOLD_HU",
+    "MAX_JUNCTION_MM",
     "MIN_LUNG_FRACTION",
     "MIN_LUNG_ML",
     "RIGHT_LUNG",
     "SIDE_MAJORITY",
+    "TRACHEA_MAX_OFFSET_MM",
+    "TRACHEA_MIN_AREA_MM2",
     "FillHolesInPlane",
     "KeepLargestComponent",
+    "find_airway",
     "segment_body_lungs",
 ]
 
@@ -86,6 +105,18 @@ MIN_LUNG_FRACTION = 0.1
 SIDE_MAJORITY = 0.9
 #: Largest angle (degrees) between the slice normal and the head-feet axis.
 MAX_TILT_DEG = 35.0
+#: A trachea's cross-section is at least this (mm^2; an adult's is about 250)...
+TRACHEA_MIN_AREA_MM2 = 30.0
+#: ... and an airway region at most this; a larger one is lung.
+AIRWAY_MAX_AREA_MM2 = 1200.0
+#: The trachea's centre lies within this distance (mm) of the body's midline.
+TRACHEA_MAX_OFFSET_MM = 30.0
+#: How far down from the first air inside the body the trachea is looked for (mm).
+TRACHEA_SEARCH_MM = 60.0
+#: An airway region may be at most this many times the airway it continues (else: lung).
+AIRWAY_GROWTH = 3.0
+#: Deepest in-plane erosion (mm) tried to part two lungs that touch.
+MAX_JUNCTION_MM = 15.0
 
 # 6-connectivity in 3-D: a thin air gap separates the table from the patient.
 _FACE_3D = ndimage.generate_binary_structure(3, 1)
@@ -250,12 +281,14 @@ def segment_body_lungs(volume: Volume) -> dict[str, npt.NDArray[np.bool_]]:
     box = _bounding_box(body, margin=1)
     if box is not None:
         # The lungs lie inside the body: work on its bounding box only.
-        candidates = body[box] & ~dense[box]
-        lungs = _lung_components(candidates, body[box], volume.voxel_volume_ml)
         affine_lps = _lps_affine(image.affine, image.meta.get(MetaKeys.SPACE, SpaceKeys.RAS))
         offset = np.eye(4)
         offset[:3, 3] = [s.start for s in box]
-        right[box], left[box] = _split_sides(lungs, body[box], affine_lps @ offset)
+        affine_box = affine_lps @ offset
+        air = _inside_air(body[box] & ~dense[box], body[box])
+        air &= ~find_airway(air, body[box], affine_box)
+        lungs = _lung_components(air, volume.voxel_volume_ml)
+        right[box], left[box] = _split_sides(lungs, body[box], affine_box)
     del dense
     logger.info(
         "body_lung_threshold slices=%d seconds=%.3f", volume.shape[0], time.perf_counter() - started
@@ -263,14 +296,16 @@ def segment_body_lungs(volume: Volume) -> dict[str, npt.NDArray[np.bool_]]:
     return {BODY: body, RIGHT_LUNG: right, LEFT_LUNG: left}
 
 
-def _lung_components(
-    candidates: npt.NDArray[np.bool_], body: npt.NDArray[np.bool_], voxel_ml: float
-) -> npt.NDArray[np.int32]:
-    """Label the lung candidates and keep the lung-sized ones (0 elsewhere)."""
+def _inside_air(
+    candidates: npt.NDArray[np.bool_], body: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
+    """Air inside the body, without components next to the outside within a slice.
+
+    Those are the skin's partial-volume rim, between the body and lung thresholds.
+    """
     labels, count = _label(candidates, _FACE_3D)
     if count == 0:
-        return labels
-    # Candidates next to the outside within a slice are the skin's partial-volume rim.
+        return candidates
     outside = ~body
     touches = np.zeros_like(candidates)
     touches[:, 1:] |= outside[:, :-1]
@@ -278,9 +313,114 @@ def _lung_components(
     touches[:, :, 1:] |= outside[:, :, :-1]
     touches[:, :, :-1] |= outside[:, :, 1:]
     touches &= candidates
+    rim = np.zeros(count + 1, dtype=bool)
+    rim[np.unique(labels[touches])] = True
+    rim[0] = True
+    inside: npt.NDArray[np.bool_] = ~rim[labels]
+    return inside
+
+
+def find_airway(
+    air: npt.NDArray[np.bool_], body: npt.NDArray[np.bool_], affine_lps: npt.NDArray[np.float64]
+) -> npt.NDArray[np.bool_]:
+    """Trace the trachea and main bronchi down from the top of an axial volume.
+
+    Parameters
+    ----------
+    air : numpy.ndarray
+        Boolean ``[slice, row, column]``: air inside the body.
+    body : numpy.ndarray
+        Boolean, same shape: the body.
+    affine_lps : numpy.ndarray
+        4x4: index ``(slice, row, column, 1)`` to LPS mm.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, same shape: the airway outside the lungs (empty when the volume
+        holds no trachea, e.g. it starts below the carina).
+    """
+    airway = np.zeros_like(air)
+    pixel_mm2 = float(np.linalg.norm(np.cross(affine_lps[:3, 1], affine_lps[:3, 2])))
+    # Head first: walk the slices from the top (highest z) down.
+    order = range(air.shape[0] - 1, -1, -1) if affine_lps[2, 0] > 0 else range(air.shape[0])
+    slice_mm = float(np.linalg.norm(affine_lps[:3, 0]))
+    search = max(1, math.ceil(TRACHEA_SEARCH_MM / slice_mm))
+    current: npt.NDArray[np.bool_] | None = None
+    searched = 0
+    plane = _IN_SLICE[1]
+    for k in order:
+        if not air[k].any():
+            if current is not None:
+                break
+            continue
+        labels, count = ndimage.label(air[k], structure=plane)
+        areas = np.bincount(labels.ravel(), minlength=count + 1).astype(np.float64) * pixel_mm2
+        if current is None:
+            seed = _trachea_seed(labels, count, areas, body[k], affine_lps, k)
+            searched += 1
+            if seed is None:
+                if searched >= search:
+                    break
+                continue
+            airway[k] = labels == seed
+            current = airway[k]
+            continue
+        # Regions that continue the airway above, while they stay airway-sized.
+        pieces, _ = ndimage.label(current, structure=plane)
+        piece_areas = np.bincount(pieces.ravel()) * pixel_mm2
+        near = ndimage.binary_dilation(current, structure=plane)
+        accepted = np.zeros(count + 1, dtype=bool)
+        for region in np.unique(labels[near]):
+            if region == 0:
+                continue
+            touching = ndimage.binary_dilation(labels == region, structure=plane) & current
+            part_above = float(piece_areas[np.unique(pieces[touching])].sum())
+            if areas[region] <= min(AIRWAY_MAX_AREA_MM2, AIRWAY_GROWTH * part_above + pixel_mm2):
+                accepted[region] = True
+        accepted[0] = False
+        if not accepted.any():
+            break
+        airway[k] = accepted[labels]
+        current = airway[k]
+    return airway
+
+
+def _trachea_seed(
+    labels: npt.NDArray[np.int32],
+    count: int,
+    areas: npt.NDArray[np.float64],
+    body: npt.NDArray[np.bool_],
+    affine_lps: npt.NDArray[np.float64],
+    k: int,
+) -> int | None:
+    """The largest trachea-sized air region near the midline of one slice, or None."""
+    if count == 0 or not body.any():
+        return None
+    rows, columns = np.nonzero(body)
+    midline = affine_lps[0, 0] * k + affine_lps[0, 3]
+    midline += affine_lps[0, 1] * float(rows.mean()) + affine_lps[0, 2] * float(columns.mean())
+    best: int | None = None
+    for region in range(1, count + 1):
+        if not TRACHEA_MIN_AREA_MM2 <= areas[region] <= AIRWAY_MAX_AREA_MM2:
+            continue
+        r, c = np.nonzero(labels == region)
+        x = affine_lps[0, 0] * k + affine_lps[0, 1] * r.mean() + affine_lps[0, 2] * c.mean()
+        x += affine_lps[0, 3]
+        if abs(float(x) - midline) <= TRACHEA_MAX_OFFSET_MM and (
+            best is None or areas[region] > areas[best]
+        ):
+            best = region
+    return best
+
+
+def _lung_components(air: npt.NDArray[np.bool_], voxel_ml: float) -> npt.NDArray[np.int32]:
+    """Label the air inside the body and keep the lung-sized components (0 elsewhere)."""
+    labels, count = _label(air, _FACE_3D)
+    if count == 0:
+        return labels
     sizes = np.bincount(labels.ravel(), minlength=count + 1).astype(np.float64)
     sizes[0] = 0
-    sizes[np.unique(labels[touches])] = 0
     largest = float(sizes.max())
     keep = (sizes * voxel_ml >= MIN_LUNG_ML) & (sizes >= MIN_LUNG_FRACTION * largest)
     keep[0] = False
@@ -301,23 +441,78 @@ def _split_sides(
         return right, left
     centre_index = _centre_of_mass(body)
     midline_x = float(affine_lps[0, :3] @ centre_index + affine_lps[0, 3])
-    coords = np.nonzero(lungs)
-    x = affine_lps[0, 3] + sum(affine_lps[0, axis] * coords[axis] for axis in range(3))
-    on_right = np.asarray(x < midline_x)
-    component = lungs[coords]
+
+    def x_of(coords: tuple[npt.NDArray[np.intp], ...]) -> npt.NDArray[np.float64]:
+        return np.asarray(
+            affine_lps[0, 3] + sum(affine_lps[0, axis] * coords[axis] for axis in range(3)),
+            dtype=np.float64,
+        )
+
     for label in range(1, count + 1):
-        members = component == label
-        fraction_right = float(np.mean(on_right[members]))
+        component = lungs == label
+        coords = np.nonzero(component)
+        fraction_right = float(np.mean(x_of(coords) < midline_x))
         if fraction_right >= SIDE_MAJORITY:
-            side_right = np.ones(int(members.sum()), dtype=bool)
+            right |= component
         elif fraction_right <= 1.0 - SIDE_MAJORITY:
-            side_right = np.zeros(int(members.sum()), dtype=bool)
+            left |= component
         else:
-            side_right = on_right[members]
-        where = tuple(c[members] for c in coords)
-        right[where] = side_right
-        left[where] = ~side_right
+            parts = _part_touching_lungs(component, affine_lps)
+            if parts is None:
+                # Last resort: no erosion parts them; cut at the body's midline.
+                on_right = x_of(coords) < midline_x
+                right[tuple(c[on_right] for c in coords)] = True
+                left[tuple(c[~on_right] for c in coords)] = True
+                continue
+            first, second = parts
+            first_x = float(np.mean(x_of(np.nonzero(first))))
+            second_x = float(np.mean(x_of(np.nonzero(second))))
+            right |= first if first_x < second_x else second
+            left |= second if first_x < second_x else first
     return right, left
+
+
+def _part_touching_lungs(
+    component: npt.NDArray[np.bool_], affine_lps: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None:
+    """Part two lungs that touch: erode in-plane until two lung-sized parts appear, grow back.
+
+    Every voxel of the component goes to the part whose eroded core is nearest
+    (in mm), so the cut runs along the narrow junction. None when no erosion up
+    to MAX_JUNCTION_MM parts it into two pieces of which the smaller holds at
+    least MIN_LUNG_FRACTION of the larger.
+    """
+    box = _bounding_box(component, margin=1)
+    if box is None:
+        return None
+    inside = component[box]
+    spacing = tuple(float(np.linalg.norm(affine_lps[:3, axis])) for axis in range(3))
+    steps = max(1, math.ceil(MAX_JUNCTION_MM / min(spacing[1], spacing[2])))
+    eroded = inside
+    for _ in range(steps):
+        eroded = ndimage.binary_erosion(eroded, structure=_IN_SLICE)
+        labels, count = _label(eroded, _FACE_3D)
+        if count < 2:
+            if count == 0:
+                return None
+            continue
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        first, second = np.argsort(sizes)[::-1][:2]
+        if sizes[second] < MIN_LUNG_FRACTION * sizes[first]:
+            continue
+        cores = np.where(labels == first, 1, np.where(labels == second, 2, 0))
+        _, nearest = ndimage.distance_transform_edt(
+            cores == 0, sampling=spacing, return_indices=True
+        )
+        owner = cores[tuple(nearest)]
+        parts = []
+        for value in (1, 2):
+            part = np.zeros_like(component)
+            part[box] = inside & (owner == value)
+            parts.append(part)
+        return parts[0], parts[1]
+    return None
 
 
 def _bounding_box(mask: npt.NDArray[np.bool_], margin: int) -> tuple[slice, ...] | None:
