@@ -12,6 +12,7 @@ import pytest
 from dicom_node.phantom import PhantomStudy
 from pipelines.run import run_pipeline
 from pipelines.spec import PipelineSpec, load_pipeline_specs
+from tests.factories import TiltedStudy, tilted_uneven_ct
 from tests.unit.pipelines.phantom_series import SENTINEL_NAME, SMALL, PipelineResult
 
 REPO = Path(__file__).resolve().parents[3]
@@ -39,3 +40,9 @@ def pipeline_result(
     output_dir = tmp_path_factory.mktemp("job-1")
     manifest = run_pipeline(body_lung_spec, small_study.paths, output_dir, job_id=1)
     return PipelineResult(study=small_study, manifest=manifest, output_dir=output_dir)
+
+
+@pytest.fixture(scope="session")
+def tilted_study(tmp_path_factory: pytest.TempPathFactory) -> TiltedStudy:
+    """The small phantom through an 18-degree gantry tilt, in runs of 4 mm then 7 mm."""
+    return tilted_uneven_ct(tmp_path_factory.mktemp("tilted-phantom"), SMALL)
