@@ -142,8 +142,6 @@ def frame_positions(path: Path) -> dict[int, np.ndarray]:
     """Image Position (Patient) of every frame of a multi-frame file, by frame number."""
     header = pydicom.dcmread(path, stop_before_pixels=True)
     return {
-        number: np.array(
-            [float(v) for v in groups.PlanePositionSequence[0].ImagePositionPatient]
-        )
+        number: np.array([float(v) for v in groups.PlanePositionSequence[0].ImagePositionPatient])
         for number, groups in enumerate(header.PerFrameFunctionalGroupsSequence, start=1)
     }

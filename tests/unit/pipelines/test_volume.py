@@ -56,7 +56,7 @@ def test_tilted_uneven_stack_becomes_a_regular_unsheared_grid(tilted_study: Tilt
 
 
 def test_grid_samples_the_source_where_source_slices_lie(tilted_study: TiltedStudy) -> None:
-    """Grid pixel (R, C) of a grid slice on source slice k is source pixel (R - off_r, C - off_c)."""
+    """Grid pixel (R, C) on source slice k's plane is source pixel (R - off_r, C - off_c)."""
     volume = to_volume(load_series(tilted_study.study.paths))
     plan = volume.resampling
     assert plan is not None
@@ -140,9 +140,7 @@ def test_a_shear_beyond_any_gantry_is_refused_as_gantry_tilt(
     assert f"{MAX_TILT_DEG:.0f} degrees" in raised.value.reason
 
 
-def test_runs_of_two_spacings_are_kept_and_gaps_refused(
-    small_study: PhantomStudy, tmp_path: Path
-) -> None:
+def test_runs_of_two_spacings_are_kept_and_gaps_refused(small_study: PhantomStudy) -> None:
     """Slices 0-19 every 5 mm, then every second slice (10 mm): one series, two runs."""
     uneven = [p for k, p in enumerate(small_study.paths) if k < 20 or k % 2 == 0]
     volume = to_volume(load_series(uneven))
@@ -245,6 +243,4 @@ def test_philips_gantry_tilt_ct_is_resampled() -> None:
     assert volume.spacing[0] == pytest.approx(2.5 * math.cos(math.radians(18.5)), abs=1e-3)
     assert volume.source_shape == (20, 512, 512)
     # Source slices sit on grid slices; only the in-plane shift is resampled.
-    np.testing.assert_allclose(
-        volume.resampling.grid_index, np.arange(20, dtype=float), atol=1e-6
-    )
+    np.testing.assert_allclose(volume.resampling.grid_index, np.arange(20, dtype=float), atol=1e-6)
