@@ -13,15 +13,17 @@ transposed view, on which every slice-wise step would stride through memory):
 2. **Air inside the body**: voxels below -400 HU inside the body, without the
    components that touch the outside of the body (partial-volume voxels along
    the skin, which lie between the two thresholds).
-3. **Airway**: the trachea is found in the top slices as a small air region
-   (:data:`TRACHEA_MIN_AREA_MM2` to :data:`AIRWAY_MAX_AREA_MM2`) near the
-   body's midline and followed down, slice by slice, through the carina into
-   both main bronchi. A region that overlaps the airway above it is airway as
-   long as it stays small (at most :data:`AIRWAY_GROWTH` times the part above);
-   where it suddenly grows, the bronchus has entered a lung and the tracing of
-   that branch stops (the "explosion" control of classical airway region
-   growing, as in Hu, Hoffman and Reinhardt, IEEE TMI 20(6), 2001). The airway
-   is not lung.
+3. **Airway**: the airway lumen is air below :data:`AIRWAY_THRESHOLD_HU`
+   (-1000 HU; aerated lung is about -850, so a bronchus stays apart from the
+   lung it runs along). The trachea is found in the top slices as a small
+   lumen region (:data:`TRACHEA_MIN_AREA_MM2` to :data:`AIRWAY_MAX_AREA_MM2`)
+   near the body's midline and followed down, slice by slice, through the
+   carina into both main bronchi. A region within :data:`AIRWAY_REACH_MM` of
+   the airway above it is airway as long as it stays small (at most :data:`AIRWAY_GROWTH` times
+   the part above); where it suddenly grows, it has leaked into a lung and the
+   tracing of that branch stops (the "explosion" control of classical airway
+   region growing, as in Hu, Hoffman and Reinhardt, IEEE TMI 20(6), 2001). The
+   lumen and its one-pixel partial-volume rim are airway, not lung.
 4. **Lungs**: air components of at least :data:`MIN_LUNG_ML` and at least
    :data:`MIN_LUNG_FRACTION` of the largest one (bowel gas, small air pockets
    and noise are dropped).
@@ -67,6 +69,8 @@ from pipelines.volume import TensorLayout, Volume
 __all__ = [
     "AIRWAY_GROWTH",
     "AIRWAY_MAX_AREA_MM2",
+    "AIRWAY_REACH_MM",
+    "AIRWAY_THRESHOLD_HU",
     "BODY",
     "BODY_THRESHOLD_HU",
     "LABEL_NAMES",
@@ -105,6 +109,8 @@ MIN_LUNG_FRACTION = 0.1
 SIDE_MAJORITY = 0.9
 #: Largest angle (degrees) between the slice normal and the head-feet axis.
 MAX_TILT_DEG = 35.0
+#: Airway lumen: below this HU (air -1000; aerated lung about -850).
+AIRWAY_THRESHOLD_HU = -950.0
 #: A trachea's cross-section is at least this (mm^2; an adult's is about 250)...
 TRACHEA_MIN_AREA_MM2 = 30.0
 #: ... and an airway region at most this; a larger one is lung.
@@ -113,6 +119,8 @@ AIRWAY_MAX_AREA_MM2 = 1200.0
 TRACHEA_MAX_OFFSET_MM = 30.0
 #: How far down from the first air inside the body the trachea is looked for (mm).
 TRACHEA_SEARCH_MM = 60.0
+#: How far (mm) an airway region may lie from the airway in the slice above.
+AIRWAY_REACH_MM = 10.0
 #: An airway region may be at most this many times the airway it continues (else: lung).
 AIRWAY_GROWTH = 3.0
 #: Deepest in-plane erosion (mm) tried to part two lungs that touch.
@@ -286,7 +294,8 @@ def segment_body_lungs(volume: Volume) -> dict[str, npt.NDArray[np.bool_]]:
         offset[:3, 3] = [s.start for s in box]
         affine_box = affine_lps @ offset
         air = _inside_air(body[box] & ~dense[box], body[box])
-        air &= ~find_airway(air, body[box], affine_box)
+        lumen = air & (volume.array[box] < AIRWAY_THRESHOLD_HU)
+        air &= ~find_airway(air, lumen, body[box], affine_box)
         lungs = _lung_components(air, volume.voxel_volume_ml)
         right[box], left[box] = _split_sides(lungs, body[box], affine_box)
     del dense
@@ -321,14 +330,25 @@ def _inside_air(
 
 
 def find_airway(
-    air: npt.NDArray[np.bool_], body: npt.NDArray[np.bool_], affine_lps: npt.NDArray[np.float64]
+    air: npt.NDArray[np.bool_],
+    lumen: npt.NDArray[np.bool_],
+    body: npt.NDArray[np.bool_],
+    affine_lps: npt.NDArray[np.float64],
 ) -> npt.NDArray[np.bool_]:
     """Trace the trachea and main bronchi down from the top of an axial volume.
+
+    The lumen is traced; the airway is then the air around it: in each slice,
+    the whole air region holding traced lumen while that region is
+    airway-sized, else (where a bronchus touches the lung in the slice) the
+    lumen and its one-pixel partial-volume rim.
 
     Parameters
     ----------
     air : numpy.ndarray
-        Boolean ``[slice, row, column]``: air inside the body.
+        Boolean ``[slice, row, column]``: air inside the body (below
+        :data:`LUNG_THRESHOLD_HU`).
+    lumen : numpy.ndarray
+        Boolean, same shape: air below :data:`AIRWAY_THRESHOLD_HU`.
     body : numpy.ndarray
         Boolean, same shape: the body.
     affine_lps : numpy.ndarray
@@ -340,8 +360,31 @@ def find_airway(
         Boolean, same shape: the airway outside the lungs (empty when the volume
         holds no trachea, e.g. it starts below the carina).
     """
+    traced = _trace_lumen(lumen, body, affine_lps)
     airway = np.zeros_like(air)
     pixel_mm2 = float(np.linalg.norm(np.cross(affine_lps[:3, 1], affine_lps[:3, 2])))
+    for k in np.flatnonzero(traced.any(axis=(1, 2))):
+        labels, _ = ndimage.label(air[k], structure=_IN_SLICE[1])
+        rim = ndimage.binary_dilation(traced[k], structure=_IN_SLICE[1])
+        for region in np.unique(labels[traced[k]]):
+            if region == 0:
+                continue
+            inside = labels == region
+            if np.count_nonzero(inside) * pixel_mm2 <= AIRWAY_MAX_AREA_MM2:
+                airway[k] |= inside
+            else:
+                airway[k] |= inside & rim
+    return airway
+
+
+def _trace_lumen(
+    lumen: npt.NDArray[np.bool_], body: npt.NDArray[np.bool_], affine_lps: npt.NDArray[np.float64]
+) -> npt.NDArray[np.bool_]:
+    """The trachea's lumen found near the top, followed down into both main bronchi."""
+    air = lumen
+    airway = np.zeros_like(air)
+    pixel_mm2 = float(np.linalg.norm(np.cross(affine_lps[:3, 1], affine_lps[:3, 2])))
+    in_plane = (float(np.linalg.norm(affine_lps[:3, 1])), float(np.linalg.norm(affine_lps[:3, 2])))
     # Head first: walk the slices from the top (highest z) down.
     order = range(air.shape[0] - 1, -1, -1) if affine_lps[2, 0] > 0 else range(air.shape[0])
     slice_mm = float(np.linalg.norm(affine_lps[:3, 0]))
@@ -366,15 +409,18 @@ def find_airway(
             airway[k] = labels == seed
             current = airway[k]
             continue
-        # Regions that continue the airway above, while they stay airway-sized.
+        # Regions near the airway above (a bronchus leaving the carina at a shallow
+        # angle moves sideways from slice to slice), while they stay airway-sized.
         pieces, _ = ndimage.label(current, structure=plane)
         piece_areas = np.bincount(pieces.ravel()) * pixel_mm2
-        near = ndimage.binary_dilation(current, structure=plane)
+        reach = ndimage.distance_transform_edt(~current, sampling=in_plane) <= AIRWAY_REACH_MM
         accepted = np.zeros(count + 1, dtype=bool)
-        for region in np.unique(labels[near]):
+        for region in np.unique(labels[reach]):
             if region == 0:
                 continue
-            touching = ndimage.binary_dilation(labels == region, structure=plane) & current
+            touching = reach & (labels == region)
+            touching = ndimage.distance_transform_edt(~touching, sampling=in_plane)
+            touching = (touching <= AIRWAY_REACH_MM) & current
             part_above = float(piece_areas[np.unique(pieces[touching])].sum())
             if areas[region] <= min(AIRWAY_MAX_AREA_MM2, AIRWAY_GROWTH * part_above + pixel_mm2):
                 accepted[region] = True

@@ -88,6 +88,7 @@ def write_sc(
     if len(description) > 64:  # Long String; keep it saying what it is
         description = "AI burned-in overlay (not for diagnosis)"
     images: list[Dataset] = []
+    orientation = _patient_orientation(volume)
     for k in range(values.shape[0]):
         present = [name for name in names if planes[name][k].any()]
         if not present:
@@ -116,9 +117,11 @@ def write_sc(
             manufacturer=MANUFACTURER,
             # highdicom annotates int pairs; spacing in mm is a float pair (DS).
             pixel_spacing=(float(volume.spacing[1]), float(volume.spacing[2])),  # type: ignore[arg-type]
-            patient_orientation=_patient_orientation(volume),
+            # highdicom takes one letter per direction; an oblique slice needs more.
+            patient_orientation=(orientation[0][0], orientation[1][0]),
             contributing_equipment=[contributing_equipment(spec)],
         )
+        image.PatientOrientation = list(orientation)
         image.SeriesDescription = description
         image.ImageType = ["DERIVED", "SECONDARY"]
         image.BurnedInAnnotation = "NO"
