@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import highdicom as hd
@@ -28,7 +29,7 @@ from tests.factories import TiltedStudy
 from tests.judges import dciodvfy_errors
 
 #: Which phantom labels each segment of ct-body-lung should hold.
-TRUTH = {
+TRUTH: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "Body": lambda labels: ~np.isin(labels, [PhantomLabel.AIR, PhantomLabel.TABLE]),
     "Right lung": lambda labels: labels == PhantomLabel.RIGHT_LUNG,
     "Left lung": lambda labels: labels == PhantomLabel.LEFT_LUNG,
@@ -37,7 +38,7 @@ TRUTH = {
 #: one 7 mm slice, the threshold algorithm keeps it (and its partial-volume rim, one
 #: pixel) with the lung; test_body_lung.py holds the airway to account on plain
 #: series. That is the algorithm's limit on coarse slices, not geometry.
-DONT_CARE = {
+DONT_CARE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "Body": lambda labels: np.zeros(labels.shape, dtype=bool),
     "Right lung": lambda labels: ndimage.binary_dilation(labels == PhantomLabel.AIRWAY),
     "Left lung": lambda labels: ndimage.binary_dilation(labels == PhantomLabel.AIRWAY),
@@ -98,7 +99,11 @@ def test_seg_frames_lie_on_the_source_slices(
 
 
 def _explained(
-    study: TiltedStudy, plane: SlicePlane, pixels: np.ndarray, member: object, normal_mm: float
+    study: TiltedStudy,
+    plane: SlicePlane,
+    pixels: np.ndarray,
+    member: Callable[[np.ndarray], np.ndarray],
+    normal_mm: float,
 ) -> np.ndarray:
     """Whether the truth changes within one source voxel of each given pixel."""
     row = np.asarray(plane.orientation[:3])
@@ -113,7 +118,7 @@ def _explained(
 
     def inside(points: np.ndarray) -> np.ndarray:
         labels = study.phantom.labels_at(points[:, 0], points[:, 1], points[:, 2])
-        return np.asarray(member(labels))  # type: ignore[operator]
+        return np.asarray(member(labels))
 
     here = inside(centre)
     changes = np.zeros(len(centre), dtype=bool)

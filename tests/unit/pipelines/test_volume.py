@@ -73,7 +73,7 @@ def test_grid_samples_the_source_where_source_slices_lie(tilted_study: TiltedStu
 def _bilinear(plane: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
     r0, c0 = np.floor(rows).astype(int), np.floor(columns).astype(int)
     fr, fc = rows - r0, columns - c0
-    return (
+    return np.asarray(
         plane[r0, c0] * (1 - fr) * (1 - fc)
         + plane[r0 + 1, c0] * fr * (1 - fc)
         + plane[r0, c0 + 1] * (1 - fr) * fc
