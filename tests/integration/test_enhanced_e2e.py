@@ -80,8 +80,8 @@ def test_seg_frames_reference_the_right_source_frames(
     positions = {}
     for path in files:
         uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-        for number, position in frame_positions(path).items():
-            positions[(uid, number)] = position
+        for number, where in frame_positions(path).items():
+            positions[(uid, number)] = where
     used = set()
     for frame in seg.PerFrameFunctionalGroupsSequence:
         (source,) = frame.DerivationImageSequence[0].SourceImageSequence
