@@ -7,8 +7,8 @@ where each file's Pixel Data element starts, which lets
 :func:`pipelines.volume.to_volume` read uncompressed pixels with one seek
 instead of parsing the file a second time.
 
-Besides its geometry, each frame carries what tells repeated passes over the
-same positions apart (:class:`FrameKind`: image or frame type, temporal
+Besides its geometry, :func:`frame_kind` reads what tells repeated passes over
+the same positions apart (:class:`FrameKind`: image or frame type, temporal
 position, echo, diffusion weighting, acquisition), so that
 :func:`pipelines.volume.to_volume` can pick one stack out of an fMRI time
 series, a magnitude/field-map pair or a re-scan.
@@ -52,6 +52,7 @@ __all__ = [
     "SeriesFile",
     "SeriesFrame",
     "frame_group",
+    "frame_kind",
     "group_by_series",
     "load_series",
     "read_header",
@@ -170,8 +171,6 @@ class SeriesFrame:
         Rescale Slope.
     intercept : float
         Rescale Intercept.
-    kind : FrameKind
-        What tells this frame apart from another at the same position.
     """
 
     file_index: int
@@ -181,7 +180,6 @@ class SeriesFrame:
     pixel_spacing: tuple[float, float]
     slope: float
     intercept: float
-    kind: FrameKind = FrameKind()
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,13 +360,6 @@ def _single_frame_geometry(header: Dataset, index: int, where: str) -> SeriesFra
         pixel_spacing=_spacing(header.PixelSpacing, where),
         slope=float(header.get("RescaleSlope", 1.0) or 1.0),
         intercept=float(header.get("RescaleIntercept", 0.0) or 0.0),
-        kind=FrameKind(
-            image_type=_texts(header.get("ImageType")),
-            temporal_position=_text(header.get("TemporalPositionIdentifier")),
-            echo=_text(header.get("EchoNumbers")),
-            diffusion=_diffusion(header),
-            acquisition=_text(header.get("AcquisitionNumber")),
-        ),
     )
 
 
@@ -412,6 +403,54 @@ def _group(item: Dataset | None, sequence: str) -> Dataset | None:
         return None
     found: Dataset = item[sequence].value[0]
     return found
+
+
+def frame_kind(series: Series, frame: SeriesFrame) -> FrameKind:
+    """What tells a frame apart from others at its position, read when it is needed.
+
+    Reading these attributes for every slice would cost a tenth of a plain
+    series' load, and only a series that repeats its positions needs them.
+
+    Parameters
+    ----------
+    series : Series
+        The series.
+    frame : SeriesFrame
+        One of its frames.
+
+    Returns
+    -------
+    FrameKind
+        From the header of a single-frame image, or from the functional groups
+        of a multi-frame one (Frame Type, Frame Content, MR Echo, MR Diffusion).
+    """
+    header = series.files[frame.file_index].header
+    number = frame.frame_number
+    if number is None:
+        return FrameKind(
+            image_type=_texts(header.get("ImageType")),
+            temporal_position=_text(header.get("TemporalPositionIdentifier")),
+            echo=_text(header.get("EchoNumbers")),
+            diffusion=_diffusion(header),
+            acquisition=_text(header.get("AcquisitionNumber")),
+        )
+    content = frame_group(header, number, "FrameContentSequence") or Dataset()
+    frame_type = next(
+        (
+            _texts(item.get("FrameType"))
+            for item in (frame_group(header, number, name) for name in _FRAME_TYPE_GROUPS)
+            if item is not None and "FrameType" in item
+        ),
+        _texts(header.get("ImageType")),
+    )
+    echo = frame_group(header, number, "MREchoSequence")
+    return FrameKind(
+        image_type=frame_type,
+        temporal_position=_text(content.get("TemporalPositionIndex")),
+        echo=_text(echo.get("EffectiveEchoTime")) if echo is not None else "",
+        diffusion=_diffusion(frame_group(header, number, "MRDiffusionSequence")),
+        acquisition=_text(content.get("FrameAcquisitionNumber")),
+    )
 
 
 def frame_group(header: Dataset, frame_number: int | None, sequence: str) -> Dataset | None:
@@ -470,16 +509,6 @@ def _multiframe_geometry(item: SeriesFile, index: int, where: str) -> list[Serie
             raise UnsupportedInput(f"{where}: frame {number} has no Pixel Measures")
         transform = find("PixelValueTransformationSequence") or header
         position = _floats(plane.ImagePositionPatient, 3, "Image Position (Patient)", where)
-        content = find("FrameContentSequence") or Dataset()
-        frame_type = next(
-            (
-                _texts(item.get("FrameType"))
-                for item in (find(name) for name in _FRAME_TYPE_GROUPS)
-                if item is not None and "FrameType" in item
-            ),
-            _texts(header.get("ImageType")),
-        )
-        echo = find("MREchoSequence")
         frames.append(
             SeriesFrame(
                 file_index=index,
@@ -491,13 +520,6 @@ def _multiframe_geometry(item: SeriesFile, index: int, where: str) -> list[Serie
                 pixel_spacing=_spacing(measures.PixelSpacing, where),
                 slope=float(transform.get("RescaleSlope", 1.0) or 1.0),
                 intercept=float(transform.get("RescaleIntercept", 0.0) or 0.0),
-                kind=FrameKind(
-                    image_type=frame_type,
-                    temporal_position=_text(content.get("TemporalPositionIndex")),
-                    echo=_text(echo.get("EffectiveEchoTime")) if echo is not None else "",
-                    diffusion=_diffusion(find("MRDiffusionSequence")),
-                    acquisition=_text(content.get("FrameAcquisitionNumber")),
-                ),
             )
         )
     return frames

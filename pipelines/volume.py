@@ -54,7 +54,7 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from pipelines.errors import InconsistentGeometry, PipelineError, UnsupportedInput
-from pipelines.load import Series, SeriesFrame
+from pipelines.load import FrameKind, Series, SeriesFrame, frame_kind
 from pipelines.pixels import decode_with_pydicom, read_native
 
 if TYPE_CHECKING:
@@ -585,13 +585,13 @@ def to_volume(series: Series) -> Volume:
 
 
 #: What tells passes over the same positions apart, in the order they are tried.
-_PASS_KEYS: tuple[tuple[str, Callable[[SeriesFrame], object]], ...] = (
-    ("frame type", lambda f: f.kind.image_type),
-    ("temporal position", lambda f: f.kind.temporal_position),
-    ("echo", lambda f: f.kind.echo),
-    ("diffusion weighting", lambda f: f.kind.diffusion),
-    ("file", lambda f: f.file_index),
-    ("acquisition number", lambda f: f.kind.acquisition),
+_PASS_KEYS: tuple[tuple[str, Callable[[SeriesFrame, FrameKind], object]], ...] = (
+    ("frame type", lambda _, kind: kind.image_type),
+    ("temporal position", lambda _, kind: kind.temporal_position),
+    ("echo", lambda _, kind: kind.echo),
+    ("diffusion weighting", lambda _, kind: kind.diffusion),
+    ("file", lambda frame, _: frame.file_index),
+    ("acquisition number", lambda _, kind: kind.acquisition),
 )
 # Least fraction of the series' extent along the normal that a chosen pass covers.
 _PASS_MIN_EXTENT = 0.5
@@ -611,12 +611,13 @@ def _choose_stack(series: Series, normal: npt.NDArray[np.float64]) -> list[Serie
     if problem is None:
         return ordered
     multiframe = len(series.files) > 1 and any(f.is_multiframe for f in series.files)
+    kinds = [frame_kind(series, frame) for frame in frames]
     for name, key in _PASS_KEYS:
         if name == "file" and not multiframe:
             continue
         passes: dict[object, list[int]] = {}
         for index in order:
-            passes.setdefault(key(frames[index]), []).append(int(index))
+            passes.setdefault(key(frames[index], kinds[index]), []).append(int(index))
         if len(passes) < 2:
             continue
         # A pass must span most of the series: splitting a sequential CT by its
@@ -630,7 +631,7 @@ def _choose_stack(series: Series, normal: npt.NDArray[np.float64]) -> list[Serie
         ]
         if not usable:
             continue
-        chosen = min(usable, key=lambda members: _pass_rank(frames, members))
+        chosen = min(usable, key=lambda members: _pass_rank(kinds, members))
         logger.info(
             "series repeats slice positions in %d passes told apart by %s; using one of %d slices",
             len(passes),
@@ -641,9 +642,9 @@ def _choose_stack(series: Series, normal: npt.NDArray[np.float64]) -> list[Serie
     raise problem
 
 
-def _pass_rank(frames: tuple[SeriesFrame, ...], members: list[int]) -> tuple[int, int, int]:
+def _pass_rank(kinds: list[FrameKind], members: list[int]) -> tuple[int, int, int]:
     """Order of preference: original, then magnitude images; more slices; first in the series."""
-    image_type = frames[members[0]].kind.image_type
+    image_type = kinds[members[0]].image_type
     derived = int(bool(image_type) and image_type[0] != "ORIGINAL")
     not_magnitude = int(len(image_type) > 3 and image_type[3] in _NOT_MAGNITUDE)
     return (derived + not_magnitude, -len(members), min(members))
@@ -677,6 +678,9 @@ def _stack_problem(distances: npt.NDArray[np.float64]) -> InconsistentGeometry |
 
 def _spacing_runs(steps: npt.NDArray[np.float64]) -> list[SpacingRun]:
     """Split positive steps into runs whose steps stay within SPACING_TOLERANCE of each other."""
+    median = float(np.median(steps))
+    if np.all(np.abs(steps - median) <= SPACING_TOLERANCE * median):
+        return [SpacingRun(slices=len(steps) + 1, spacing_mm=median)]  # one run: the usual case
     runs: list[SpacingRun] = []
     start = 0
     for index in range(1, len(steps) + 1):
