@@ -51,7 +51,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
-from scipy import ndimage
 
 from pipelines.errors import InconsistentGeometry, PipelineError, UnsupportedInput
 from pipelines.load import FrameKind, Series, SeriesFrame, frame_kind
@@ -711,6 +710,9 @@ def _sample_plane(
                 columns.start + whole[1] : columns.stop + whole[1],
             ]
         return out
+    # Imported here: only sheared stacks need it, and it costs a plain load 15 MB.
+    from scipy import ndimage
+
     sampled: npt.NDArray[np.float32] = ndimage.affine_transform(
         plane,
         np.ones(2),
