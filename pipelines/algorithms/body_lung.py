@@ -381,23 +381,22 @@ def _trace_lumen(
     lumen: npt.NDArray[np.bool_], body: npt.NDArray[np.bool_], affine_lps: npt.NDArray[np.float64]
 ) -> npt.NDArray[np.bool_]:
     """The trachea's lumen found near the top, followed down into both main bronchi."""
-    air = lumen
-    airway = np.zeros_like(air)
+    airway = np.zeros_like(lumen)
     pixel_mm2 = float(np.linalg.norm(np.cross(affine_lps[:3, 1], affine_lps[:3, 2])))
     in_plane = (float(np.linalg.norm(affine_lps[:3, 1])), float(np.linalg.norm(affine_lps[:3, 2])))
     # Head first: walk the slices from the top (highest z) down.
-    order = range(air.shape[0] - 1, -1, -1) if affine_lps[2, 0] > 0 else range(air.shape[0])
+    order = range(lumen.shape[0] - 1, -1, -1) if affine_lps[2, 0] > 0 else range(lumen.shape[0])
     slice_mm = float(np.linalg.norm(affine_lps[:3, 0]))
     search = max(1, math.ceil(TRACHEA_SEARCH_MM / slice_mm))
     current: npt.NDArray[np.bool_] | None = None
     searched = 0
     plane = _IN_SLICE[1]
     for k in order:
-        if not air[k].any():
+        if not lumen[k].any():
             if current is not None:
                 break
             continue
-        labels, count = ndimage.label(air[k], structure=plane)
+        labels, count = ndimage.label(lumen[k], structure=plane)
         areas = np.bincount(labels.ravel(), minlength=count + 1).astype(np.float64) * pixel_mm2
         if current is None:
             seed = _trachea_seed(labels, count, areas, body[k], affine_lps, k)
@@ -409,27 +408,48 @@ def _trace_lumen(
             airway[k] = labels == seed
             current = airway[k]
             continue
-        # Regions near the airway above (a bronchus leaving the carina at a shallow
-        # angle moves sideways from slice to slice), while they stay airway-sized.
-        pieces, _ = ndimage.label(current, structure=plane)
-        piece_areas = np.bincount(pieces.ravel()) * pixel_mm2
-        reach = ndimage.distance_transform_edt(~current, sampling=in_plane) <= AIRWAY_REACH_MM
-        accepted = np.zeros(count + 1, dtype=bool)
-        for region in np.unique(labels[reach]):
-            if region == 0:
-                continue
-            touching = reach & (labels == region)
-            touching = ndimage.distance_transform_edt(~touching, sampling=in_plane)
-            touching = (touching <= AIRWAY_REACH_MM) & current
-            part_above = float(piece_areas[np.unique(pieces[touching])].sum())
-            if areas[region] <= min(AIRWAY_MAX_AREA_MM2, AIRWAY_GROWTH * part_above + pixel_mm2):
-                accepted[region] = True
-        accepted[0] = False
+        accepted = _continuing_regions(labels, areas, current, in_plane, pixel_mm2)
         if not accepted.any():
             break
         airway[k] = accepted[labels]
         current = airway[k]
     return airway
+
+
+def _continuing_regions(
+    labels: npt.NDArray[np.int32],
+    areas: npt.NDArray[np.float64],
+    above: npt.NDArray[np.bool_],
+    in_plane: tuple[float, float],
+    pixel_mm2: float,
+) -> npt.NDArray[np.bool_]:
+    """Which regions of a slice continue the airway of the slice above (by region label).
+
+    A region continues it when it lies within AIRWAY_REACH_MM of an airway piece
+    above (a bronchus leaving the carina at a shallow angle moves sideways from
+    slice to slice) and stays airway-sized: at most AIRWAY_GROWTH times the
+    pieces it continues, and at most AIRWAY_MAX_AREA_MM2.
+    """
+    pieces, count = ndimage.label(above, structure=_IN_SLICE[1])
+    piece_areas = np.bincount(pieces.ravel(), minlength=count + 1) * pixel_mm2
+    part_above = np.zeros(len(areas), dtype=np.float64)
+    margin = (math.ceil(AIRWAY_REACH_MM / in_plane[0]), math.ceil(AIRWAY_REACH_MM / in_plane[1]))
+    for piece, where in enumerate(ndimage.find_objects(pieces), start=1):
+        if where is None:
+            continue
+        # Only the piece's neighbourhood is measured, not the whole slice.
+        box = tuple(
+            slice(max(0, w.start - m), min(n, w.stop + m))
+            for w, m, n in zip(where, margin, pieces.shape, strict=True)
+        )
+        near = ndimage.distance_transform_edt(pieces[box] != piece, sampling=in_plane)
+        regions = np.unique(labels[box][near <= AIRWAY_REACH_MM])
+        part_above[regions] += piece_areas[piece]
+    accepted = (part_above > 0) & (
+        areas <= np.minimum(AIRWAY_MAX_AREA_MM2, AIRWAY_GROWTH * part_above + pixel_mm2)
+    )
+    accepted[0] = False
+    return accepted
 
 
 def _trachea_seed(
@@ -443,21 +463,26 @@ def _trachea_seed(
     """The largest trachea-sized air region near the midline of one slice, or None."""
     if count == 0 or not body.any():
         return None
-    rows, columns = np.nonzero(body)
-    midline = affine_lps[0, 0] * k + affine_lps[0, 3]
-    midline += affine_lps[0, 1] * float(rows.mean()) + affine_lps[0, 2] * float(columns.mean())
-    best: int | None = None
-    for region in range(1, count + 1):
-        if not TRACHEA_MIN_AREA_MM2 <= areas[region] <= AIRWAY_MAX_AREA_MM2:
-            continue
-        r, c = np.nonzero(labels == region)
-        x = affine_lps[0, 0] * k + affine_lps[0, 1] * r.mean() + affine_lps[0, 2] * c.mean()
-        x += affine_lps[0, 3]
-        if abs(float(x) - midline) <= TRACHEA_MAX_OFFSET_MM and (
-            best is None or areas[region] > areas[best]
-        ):
-            best = region
-    return best
+    sized = [
+        region
+        for region in range(1, count + 1)
+        if TRACHEA_MIN_AREA_MM2 <= areas[region] <= AIRWAY_MAX_AREA_MM2
+    ]
+    if not sized:
+        return None
+    centres = ndimage.center_of_mass(labels > 0, labels, sized)
+    body_centre = ndimage.center_of_mass(body)
+
+    def x_of(row: float, column: float) -> float:
+        return float(affine_lps[0] @ np.array([k, row, column, 1.0]))
+
+    midline = x_of(*body_centre)
+    near = [
+        region
+        for region, centre in zip(sized, centres, strict=True)
+        if abs(x_of(*centre) - midline) <= TRACHEA_MAX_OFFSET_MM
+    ]
+    return max(near, key=lambda region: areas[region]) if near else None
 
 
 def _lung_components(air: npt.NDArray[np.bool_], voxel_ml: float) -> npt.NDArray[np.int32]:
