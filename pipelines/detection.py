@@ -56,7 +56,8 @@ class Finding:
     center_lps : numpy.ndarray
         ``(3,)`` centre in patient coordinates (mm).
     slices : tuple[int, ...]
-        Indices of the volume's slices the box covers, in order.
+        Indices of the volume's source slices (:attr:`pipelines.volume.Volume.datasets`)
+        the box covers, in order.
     center_slice : int
         Index of the slice nearest the centre.
     rectangle : tuple[float, float, float, float]
@@ -217,22 +218,39 @@ def _place(
         affine = torch.as_tensor(image.affine).double().numpy()
         homogeneous = np.c_[corners, np.ones(len(corners))]
         corners = (homogeneous @ affine.T)[:, :3] @ _LPS_TO_RAS.T  # image affine is RAS
-    inverse = np.linalg.inv(volume.affine)
-    indices = (np.c_[corners, np.ones(len(corners))] @ inverse.T)[:, :3]  # slice, row, col
-    center = corners.mean(axis=0)
-    center_index = (np.r_[center, 1.0] @ inverse.T)[:3]
-    count, rows, columns = volume.shape
-    # A slice is covered when the box reaches into its thickness (index +- 0.5).
-    first = max(0, math.floor(indices[:, 0].min() - 0.5) + 1)
-    last = min(count - 1, math.ceil(indices[:, 0].max() + 0.5) - 1)
-    if first > last:
+    # The source slices, each at its own position: right for a tilted or unevenly
+    # spaced stack as well, whose grid the detector saw but the radiologist does not.
+    source = volume.source_view()
+    positions = source.source_positions
+    orientation = np.asarray(source.image_orientation, dtype=np.float64)
+    row_dir, column_dir = orientation[:3], orientation[3:]
+    normal = np.cross(row_dir, column_dir)
+    depth = positions @ normal
+    if len(depth) > 1 and depth[-1] < depth[0]:
+        normal, depth = -normal, -depth
+    # A slice stands for the slab half-way to each neighbour (its own step at the ends).
+    steps = np.diff(depth) if len(depth) > 1 else np.array([source.spacing[0]])
+    below = np.r_[steps[0], steps] / 2.0
+    above = np.r_[steps, steps[-1]] / 2.0
+    reach = corners @ normal
+    covered = np.flatnonzero((reach.max() >= depth - below) & (reach.min() <= depth + above))
+    if covered.size == 0:
         return None
-    center_slice = int(min(max(round(center_index[0]), first), last))
+    first, last = int(covered[0]), int(covered[-1])
+    center = corners.mean(axis=0)
+    nearest = int(np.argmin(np.abs(depth - float(center @ normal))))
+    center_slice = min(max(nearest, first), last)
+    # In-plane indices on the centre slice: rows down the column direction, columns
+    # along the row direction (PS3.3 C.7.6.2.1.1).
+    _, rows, columns = source.shape
+    offset = corners - positions[center_slice]
+    row_index = offset @ column_dir / source.spacing[1]
+    column_index = offset @ row_dir / source.spacing[2]
     # SCOORD: column then row, pixel centres at .5 (PS3.3 C.18.6.1.1).
-    column_min = float(np.clip(indices[:, 2].min() + 0.5, 0.0, columns))
-    column_max = float(np.clip(indices[:, 2].max() + 0.5, 0.0, columns))
-    row_min = float(np.clip(indices[:, 1].min() + 0.5, 0.0, rows))
-    row_max = float(np.clip(indices[:, 1].max() + 0.5, 0.0, rows))
+    column_min = float(np.clip(column_index.min() + 0.5, 0.0, columns))
+    column_max = float(np.clip(column_index.max() + 0.5, 0.0, columns))
+    row_min = float(np.clip(row_index.min() + 0.5, 0.0, rows))
+    row_max = float(np.clip(row_index.max() + 0.5, 0.0, rows))
     if column_max <= column_min or row_max <= row_min:
         return None
     extent = corners.max(axis=0) - corners.min(axis=0)

@@ -7,6 +7,12 @@ where each file's Pixel Data element starts, which lets
 :func:`pipelines.volume.to_volume` read uncompressed pixels with one seek
 instead of parsing the file a second time.
 
+Besides its geometry, :func:`frame_kind` reads what tells repeated passes over
+the same positions apart (:class:`FrameKind`: image or frame type, temporal
+position, echo, diffusion weighting, acquisition), so that
+:func:`pipelines.volume.to_volume` can pick one stack out of an fMRI time
+series, a magnitude/field-map pair or a re-scan.
+
 A series is a list of frames, each with its own geometry: one per file for
 single-frame images (CT, MR, PET), one per frame for Enhanced multi-frame
 images (Enhanced CT/MR, PS3.3 C.7.6.16), whose positions, orientations,
@@ -41,9 +47,12 @@ from pipelines.errors import InconsistentGeometry, PipelineError, UnsupportedInp
 
 __all__ = [
     "NATIVE_TRANSFER_SYNTAXES",
+    "FrameKind",
     "Series",
     "SeriesFile",
     "SeriesFrame",
+    "frame_group",
+    "frame_kind",
     "group_by_series",
     "load_series",
     "read_header",
@@ -71,6 +80,13 @@ _REQUIRED_IMAGE = (
 )
 # ... and, for a slice of a volume, what places it in space (single-frame images).
 _REQUIRED_GEOMETRY = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient")
+
+# Functional groups whose Frame Type says what a frame is (PS3.3 C.8.15.3.1, C.8.13.5.1).
+_FRAME_TYPE_GROUPS = (
+    "CTImageFrameTypeSequence",
+    "MRImageFrameTypeSequence",
+    "PETFrameTypeSequence",
+)
 
 _PIXEL_DATA_LE = struct.pack("<HH", 0x7FE0, 0x0010)
 _PIXEL_DATA_BE = struct.pack(">HH", 0x7FE0, 0x0010)
@@ -104,6 +120,35 @@ class SeriesFile:
     def is_multiframe(self) -> bool:
         """Whether the file holds several frames or per-frame functional groups."""
         return self.number_of_frames > 1 or "PerFrameFunctionalGroupsSequence" in self.header
+
+
+@dataclass(frozen=True, slots=True)
+class FrameKind:
+    """What tells frames at the same position apart (repeated passes of one series).
+
+    Each value is kept as text (or empty), so that frames compare and group
+    alike whether they came from single-frame headers or functional groups.
+
+    Attributes
+    ----------
+    image_type : tuple[str, ...]
+        Image Type, or the per-frame Frame Type of an Enhanced image
+        (PS3.3 C.8.13.1.1.1, C.8.15.3.1), e.g. ``("ORIGINAL", "PRIMARY", "T1", "M")``.
+    temporal_position : str
+        Temporal Position Index (Frame Content) or Temporal Position Identifier.
+    echo : str
+        Echo Numbers, or the Effective Echo Time of an Enhanced MR frame.
+    diffusion : str
+        Diffusion b-value and gradient orientation.
+    acquisition : str
+        Acquisition Number, or the Frame Acquisition Number of a frame.
+    """
+
+    image_type: tuple[str, ...] = ()
+    temporal_position: str = ""
+    echo: str = ""
+    diffusion: str = ""
+    acquisition: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +363,35 @@ def _single_frame_geometry(header: Dataset, index: int, where: str) -> SeriesFra
     )
 
 
+def _text(value: object) -> str:
+    """A header value as text for grouping ("" when absent); several values joined by \\."""
+    if value is None:
+        return ""
+    if isinstance(value, str | int | float):
+        return str(value).strip()
+    try:
+        return "\\".join(str(v).strip() for v in value)  # type: ignore[attr-defined]
+    except TypeError:
+        return str(value).strip()
+
+
+def _texts(value: object) -> tuple[str, ...]:
+    """A multi-valued CS (Image Type, Frame Type) as upper-case values."""
+    text = _text(value)
+    return tuple(v.upper() for v in text.split("\\")) if text else ()
+
+
+def _diffusion(item: Dataset | None) -> str:
+    """b-value and gradient orientation of a header or an MR Diffusion macro item."""
+    if item is None or "DiffusionBValue" not in item:
+        return ""
+    direction = item.get("DiffusionGradientOrientation")
+    gradient = _group(item, "DiffusionGradientDirectionSequence")
+    if direction is None and gradient is not None:
+        direction = gradient.get("DiffusionGradientOrientation")
+    return f"{_text(item.get('DiffusionBValue'))}/{_text(direction)}"
+
+
 def _spacing(value: object, where: str) -> tuple[float, float]:
     row, column = _floats(value, 2, "Pixel Spacing", where)
     return (row, column)
@@ -329,6 +403,81 @@ def _group(item: Dataset | None, sequence: str) -> Dataset | None:
         return None
     found: Dataset = item[sequence].value[0]
     return found
+
+
+def frame_kind(series: Series, frame: SeriesFrame) -> FrameKind:
+    """What tells a frame apart from others at its position, read when it is needed.
+
+    Reading these attributes for every slice would cost a tenth of a plain
+    series' load, and only a series that repeats its positions needs them.
+
+    Parameters
+    ----------
+    series : Series
+        The series.
+    frame : SeriesFrame
+        One of its frames.
+
+    Returns
+    -------
+    FrameKind
+        From the header of a single-frame image, or from the functional groups
+        of a multi-frame one (Frame Type, Frame Content, MR Echo, MR Diffusion).
+    """
+    header = series.files[frame.file_index].header
+    number = frame.frame_number
+    if number is None:
+        return FrameKind(
+            image_type=_texts(header.get("ImageType")),
+            temporal_position=_text(header.get("TemporalPositionIdentifier")),
+            echo=_text(header.get("EchoNumbers")),
+            diffusion=_diffusion(header),
+            acquisition=_text(header.get("AcquisitionNumber")),
+        )
+    content = frame_group(header, number, "FrameContentSequence") or Dataset()
+    frame_type = next(
+        (
+            _texts(item.get("FrameType"))
+            for item in (frame_group(header, number, name) for name in _FRAME_TYPE_GROUPS)
+            if item is not None and "FrameType" in item
+        ),
+        _texts(header.get("ImageType")),
+    )
+    echo = frame_group(header, number, "MREchoSequence")
+    return FrameKind(
+        image_type=frame_type,
+        temporal_position=_text(content.get("TemporalPositionIndex")),
+        echo=_text(echo.get("EffectiveEchoTime")) if echo is not None else "",
+        diffusion=_diffusion(frame_group(header, number, "MRDiffusionSequence")),
+        acquisition=_text(content.get("FrameAcquisitionNumber")),
+    )
+
+
+def frame_group(header: Dataset, frame_number: int | None, sequence: str) -> Dataset | None:
+    """The item of a functional group macro that applies to one frame.
+
+    Parameters
+    ----------
+    header : pydicom.dataset.Dataset
+        An Enhanced multi-frame image's header (any other header gives None).
+    frame_number : int or None
+        1-based frame number; None looks in the Shared Functional Groups only.
+    sequence : str
+        The macro's sequence keyword, e.g. ``"FrameVOILUTSequence"``.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset or None
+        The Per-frame item if the frame has one, else the Shared item, else None
+        (PS3.3 C.7.6.16: a macro is in one of the two).
+    """
+    per_frame = header.get("PerFrameFunctionalGroupsSequence")
+    if frame_number is not None and per_frame and 0 < frame_number <= len(per_frame):
+        found = _group(per_frame[frame_number - 1], sequence)
+        if found is not None:
+            return found
+    shared = header.get("SharedFunctionalGroupsSequence")
+    return _group(shared[0], sequence) if shared else None
 
 
 def _multiframe_geometry(item: SeriesFile, index: int, where: str) -> list[SeriesFrame]:

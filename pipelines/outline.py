@@ -289,8 +289,9 @@ def to_patient(volume: Volume, slice_index: int, contour: Contour) -> npt.NDArra
     """Patient coordinates (LPS mm) of a contour on one slice of a volume.
 
     The slice's own Image Position (Patient) places it where the source image
-    lies (single-frame sources); the volume's affine gives the in-plane steps
-    and, for frames of a multi-frame image, the position.
+    or frame lies (:attr:`pipelines.volume.Volume.source_positions`, right for a
+    tilted or unevenly spaced stack too); the volume's affine gives the in-plane
+    steps.
 
     Parameters
     ----------
@@ -306,11 +307,7 @@ def to_patient(volume: Volume, slice_index: int, contour: Contour) -> npt.NDArra
     numpy.ndarray
         ``(N, 3)`` float64 points.
     """
-    header = volume.datasets[slice_index]
-    if not volume.is_multiframe and "ImagePositionPatient" in header:
-        origin = np.asarray(header.ImagePositionPatient, dtype=np.float64)
-    else:
-        origin = volume.affine[:3, :3] @ np.array([slice_index, 0.0, 0.0]) + volume.affine[:3, 3]
+    origin = volume.source_positions[slice_index]
     row_step = volume.affine[:3, 1]  # one row down, in mm
     column_step = volume.affine[:3, 2]  # one column right, in mm
     points = origin + np.outer(contour[:, 0], row_step) + np.outer(contour[:, 1], column_step)

@@ -189,6 +189,11 @@ def run_pipeline(
             raise UnsupportedInput("the model found none of the pipeline's labels in this series")
     empty = [label for label in spec.labels if stats[label.name].voxels == 0]
     notes = _notes(empty, resolution.unmapped)
+    if volume.resampling is not None:
+        # Measured on the grid; drawn on the slices the radiologist scrolls. The masks go
+        # back onto the source planes once, for every writer.
+        masks = {label.name: volume.on_source_planes(masks[label.name]) for label in spec.labels}
+        volume = volume.source_view()
     inferred = time.perf_counter()
 
     uids = result_uids(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import yaml
 
 from dicom_node.export import echo
@@ -137,3 +138,41 @@ def child_pids(pid: int) -> list[int]:
     """The PIDs of a process's children (a Celery worker's pool processes)."""
     result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
     return [int(p) for p in result.stdout.split()]
+
+
+def storescu_as_they_are(
+    port: int, files: list[Path], folder: Path, *, calling_ae: str = "STORESCU"
+) -> subprocess.CompletedProcess[str]:
+    """Send files in one association, each in its own SOP class and transfer syntax.
+
+    storescu's default proposals cover neither every storage SOP class (e.g. Legacy
+    Converted Enhanced CT) nor compressed syntaxes; a profile (``-xf``) proposes
+    exactly what the files are, so nothing is converted on the way.
+    """
+    pairs = sorted(
+        {
+            (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+            for meta in (pydicom.dcmread(f, stop_before_pixels=True).file_meta for f in files)
+        }
+    )
+    syntaxes = sorted({ts for _, ts in pairs})
+    lines = ["[[TransferSyntaxes]]"]
+    for index, ts in enumerate(syntaxes):
+        lines += [f"[TS{index}]", f"TransferSyntax1 = {ts}"]
+    lines += ["[[PresentationContexts]]", "[PC]"]
+    for index, (sop_class, ts) in enumerate(pairs, start=1):
+        lines.append(f"PresentationContext{index} = {sop_class}\\TS{syntaxes.index(ts)}")
+    lines += ["[[Profiles]]", "[P]", "PresentationContexts = PC"]
+    config = folder / "storescu-profile.cfg"
+    config.write_text("\n".join(lines) + "\n")
+    args = ["storescu", "-v", "-aet", calling_ae, "-aec", "DICOM_NODE", "-to", "10", "-ta", "10",
+            "-td", "30", "-xf", str(config), "P", "127.0.0.1", str(port)]  # fmt: skip
+    args += [str(f) for f in files]
+    return subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TCP_NODELAY="1"),
+        check=False,
+    )

@@ -2,8 +2,11 @@
 
 An admin should see at a glance that a result is sane (the lungs are where the
 lungs are), without a DICOM viewer. The SEG (PS3.3 A.51) is read with pydicom;
-each frame is matched to its source image by the Derivation Image Sequence
-(PS3.3 C.7.6.16.2.6) or, failing that, by Image Position (Patient). The chosen
+each frame is matched to its source image, and to the frame of a multi-frame
+(Enhanced) source, by the Derivation Image Sequence's Referenced SOP Instance
+UID and Referenced Frame Number (PS3.3 C.7.6.16.2.6) or, failing that, by
+Image Position (Patient), read from the Plane Position functional group of an
+Enhanced source. The chosen
 slices are windowed, each segment is blended in its Recommended Display
 CIELab colour (PS3.3 C.10.7.1.1) with its outline drawn solid, and a legend
 names the segments. Numpy and Pillow only: the node never imports torch.
@@ -27,6 +30,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels.processing import apply_modality_lut
 
 from dicom_node.errors import NodeError
+from pipelines.load import frame_group
 
 __all__ = ["OverlayError", "Segment", "cielab_to_rgb", "render_overlay"]
 
@@ -114,23 +118,44 @@ def _segments(seg: Dataset) -> dict[int, Segment]:
     return out
 
 
+#: A source image to draw on: its file and, for a multi-frame image, the 1-based frame.
+_Slice = tuple[Path, int | None]
+
+
 def _position(ds: Dataset) -> tuple[float, ...] | None:
     value = ds.get("ImagePositionPatient")
     return tuple(round(float(v), 2) for v in value) if value else None
 
 
-def _frame_sources(seg: Dataset, index: int) -> tuple[str | None, tuple[float, ...] | None]:
-    """The SOP Instance UID and position of the source of one SEG frame."""
+def _frame_sources(
+    seg: Dataset, index: int
+) -> tuple[str | None, int | None, tuple[float, ...] | None]:
+    """The SOP Instance UID, frame number and position of the source of one SEG frame."""
     groups = seg.PerFrameFunctionalGroupsSequence[index]
     uid = None
+    frame = None
     for derivation in groups.get("DerivationImageSequence", []):
         for source in derivation.get("SourceImageSequence", []):
             uid = str(source.ReferencedSOPInstanceUID)
+            number = source.get("ReferencedFrameNumber")
+            frame = int(number) if number is not None else None
     position = None
     planes = groups.get("PlanePositionSequence")
     if planes:
         position = _position(planes[0])
-    return uid, position
+    return uid, frame, position
+
+
+def _source_slices(header: Dataset, path: Path) -> list[tuple[_Slice, tuple[float, ...] | None]]:
+    """Every slice a source file holds, with its position (per frame for an Enhanced image)."""
+    per_frame = header.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame:
+        return [((path, None), _position(header))]
+    slices: list[tuple[_Slice, tuple[float, ...] | None]] = []
+    for number in range(1, len(per_frame) + 1):
+        plane = frame_group(header, number, "PlanePositionSequence")
+        slices.append(((path, number), _position(plane) if plane is not None else None))
+    return slices
 
 
 def _frame_masks(seg: Dataset, segments: dict[int, Segment]) -> list[tuple[int, int, np.ndarray]]:
@@ -160,9 +185,21 @@ def _frame_masks(seg: Dataset, segments: dict[int, Segment]) -> list[tuple[int, 
     return out
 
 
-def _window(ds: Dataset) -> npt.NDArray[np.uint8]:
-    values = np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
-    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+def _window(ds: Dataset, frame: int | None) -> npt.NDArray[np.uint8]:
+    """One slice (a frame of a multi-frame image) windowed to 8 bits."""
+    pixels: npt.NDArray[np.generic] = ds.pixel_array
+    if frame is not None and pixels.ndim == 3:
+        pixels = pixels[frame - 1]
+    rescale = frame_group(ds, frame, "PixelValueTransformationSequence")
+    values: npt.NDArray[np.float32]
+    if rescale is not None and "RescaleSlope" in rescale:
+        slope = np.float32(rescale.RescaleSlope)
+        intercept = np.float32(rescale.get("RescaleIntercept", 0))
+        values = pixels.astype(np.float32) * slope + intercept
+    else:
+        values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+    voi = frame_group(ds, frame, "FrameVOILUTSequence") or ds
+    center, width = voi.get("WindowCenter"), voi.get("WindowWidth")
     if center is not None and width is not None:
         center = float(center[0] if hasattr(center, "__len__") else center)
         width = max(float(width[0] if hasattr(width, "__len__") else width), 1.0)
@@ -240,26 +277,26 @@ def render_overlay(
     if not frames:
         raise OverlayError("the SEG has no segmented pixel")
 
-    by_uid: dict[str, Path] = {}
-    by_position: dict[tuple[float, ...], Path] = {}
-    z_of: dict[Path, float] = {}
+    by_uid: dict[tuple[str, int | None], _Slice] = {}
+    by_position: dict[tuple[float, ...], _Slice] = {}
+    z_of: dict[_Slice, float] = {}
     for path in source_paths:
         try:
             header = dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError):
             continue
-        by_uid[str(header.SOPInstanceUID)] = path
-        position = _position(header)
-        if position is not None:
-            by_position[position] = path
-            z_of[path] = position[-1]
-        else:
-            z_of[path] = float(header.get("InstanceNumber", 0) or 0)
+        for where, position in _source_slices(header, path):
+            by_uid[(str(header.SOPInstanceUID), where[1])] = where
+            if position is not None:
+                by_position[position] = where
+                z_of[where] = position[-1]
+            else:
+                z_of[where] = float(header.get("InstanceNumber", 0) or 0)
 
-    masks: dict[Path, list[tuple[int, np.ndarray]]] = {}
+    masks: dict[_Slice, list[tuple[int, np.ndarray]]] = {}
     for index, number, mask in frames:
-        uid, position = _frame_sources(seg, index)
-        source = by_uid.get(uid) if uid else None
+        uid, frame, position = _frame_sources(seg, index)
+        source = by_uid.get((uid, frame)) if uid else None
         if source is None and position is not None:
             source = by_position.get(position)
         if source is not None and number in segments:
@@ -271,31 +308,34 @@ def render_overlay(
     # alone says little about the lungs), and of those the ones where each
     # segment has at least a quarter of its own largest area, so a structure
     # is not merely grazed; spread them evenly from feet to head.
-    areas: dict[Path, dict[int, int]] = {}
-    for path, items in masks.items():
+    areas: dict[_Slice, dict[int, int]] = {}
+    for where, items in masks.items():
         for number, mask in items:
-            areas.setdefault(path, {}).setdefault(number, 0)
-            areas[path][number] += int(mask.sum())
+            areas.setdefault(where, {}).setdefault(number, 0)
+            areas[where][number] += int(mask.sum())
     peak: dict[int, int] = {}
     for per_segment in areas.values():
         for number, area in per_segment.items():
             peak[number] = max(peak.get(number, 0), area)
     most = max(len(per_segment) for per_segment in areas.values())
-    candidates = [path for path in masks if len(areas[path]) == most]
+    candidates = [where for where in masks if len(areas[where]) == most]
     full = [p for p in candidates if all(a * 4 >= peak[n] for n, a in areas[p].items())]
     ordered = sorted(full or candidates, key=lambda p: z_of.get(p, 0.0))
     spots = np.linspace(0, len(ordered) - 1, min(slices, len(ordered)))
     picks = list(dict.fromkeys(ordered[round(i)] for i in spots))
     tiles = []
-    for path in picks:
-        ds = dcmread(path)
-        gray = _window(ds)
-        usable = [(n, m) for n, m in masks[path] if m.shape == gray.shape]
+    read: dict[Path, Dataset] = {}
+    for where in picks:
+        path, frame = where
+        if path not in read:
+            read[path] = dcmread(path)
+        gray = _window(read[path], frame)
+        usable = [(n, m) for n, m in masks[where] if m.shape == gray.shape]
         image = Image.fromarray(_draw(gray, usable, segments))
         image.thumbnail((tile_px, tile_px), Image.Resampling.LANCZOS)
         tiles.append(image)
 
-    shown = sorted({n for path in picks for n, _ in masks[path]})
+    shown = sorted({n for where in picks for n, _ in masks[where]})
     width = sum(t.width for t in tiles) + _GAP * (len(tiles) + 1)
     height = max(t.height for t in tiles) + 2 * _GAP + _LEGEND_ROW * max(len(shown), 1) + _GAP
     canvas = Image.new("RGB", (width, height), (20, 20, 20))

@@ -20,6 +20,7 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from pipelines.load import frame_group
 from pipelines.outline import edge
 from pipelines.spec import PipelineSpec
 from pipelines.uids import ResultUIDs
@@ -74,6 +75,10 @@ def write_sc(
         if mask.shape != volume.shape:
             raise ValueError(f"mask {name!r} has shape {mask.shape}, expected {volume.shape}")
     names = [label.name for label in spec.labels if label.name in masks]
+    if volume.resampling is not None:
+        # Burned into the source slices: masks on a resampled grid go back onto them.
+        masks = {name: volume.on_source_planes(mask) for name, mask in masks.items()}
+        volume = volume.source_view()
     colours = label_colours(spec)
     window = display_window(volume)
     series_uid = uids.uid("sc-series")
@@ -81,6 +86,7 @@ def write_sc(
     if len(description) > 64:  # Long String; keep it saying what it is
         description = "AI burned-in overlay (not for diagnosis)"
     images: list[Dataset] = []
+    orientation = _patient_orientation(volume)
     for k in range(volume.shape[0]):
         present = {name: masks[name] for name in names if masks[name][k].any()}
         if not present:
@@ -103,9 +109,11 @@ def write_sc(
             manufacturer=MANUFACTURER,
             # highdicom annotates int pairs; spacing in mm is a float pair (DS).
             pixel_spacing=(float(volume.spacing[1]), float(volume.spacing[2])),  # type: ignore[arg-type]
-            patient_orientation=_patient_orientation(volume),
+            # highdicom takes one letter per direction; an oblique slice needs more.
+            patient_orientation=(orientation[0][0], orientation[1][0]),
             contributing_equipment=[contributing_equipment(spec, uids)],
         )
+        image.PatientOrientation = list(orientation)
         image.SeriesDescription = description
         image.ImageType = ["DERIVED", "SECONDARY"]
         image.BurnedInAnnotation = "NO"
@@ -185,6 +193,8 @@ def burn_in(
 def display_window(volume: Volume) -> tuple[float, float]:
     """Display window of the source: its first Window Center/Width, else the 1-99 percentiles.
 
+    An Enhanced image keeps the window in its Frame VOI LUT functional group.
+
     Parameters
     ----------
     volume : Volume
@@ -196,20 +206,23 @@ def display_window(volume: Volume) -> tuple[float, float]:
         The lowest and highest value shown.
     """
     header = volume.datasets[0]
-    centre, width = header.get("WindowCenter"), header.get("WindowWidth")
+    first_frame = volume.frame_numbers[0] if volume.frame_numbers else None
+    voi = frame_group(header, first_frame, "FrameVOILUTSequence") or header
+    centre, width = voi.get("WindowCenter"), voi.get("WindowWidth")
     if centre is not None and width is not None:
         c = float(centre[0] if isinstance(centre, MultiValue) else centre)
         w = float(width[0] if isinstance(width, MultiValue) else width)
         if w > 1:
             return (c - w / 2.0, c + w / 2.0)
-    low, high = np.percentile(volume.array[:: max(1, volume.shape[0] // 16)], [1, 99])
+    values = volume.source_array
+    low, high = np.percentile(values[:: max(1, values.shape[0] // 16)], [1, 99])
     return (float(low), float(max(high, low + 1.0)))
 
 
 def _patient_orientation(volume: Volume) -> tuple[str, str]:
     """Patient Orientation letters of the rows' and columns' directions (PS3.3 C.7.6.1.1.1)."""
-    iop = [float(v) for v in volume.datasets[0].ImageOrientationPatient]
-    return (_letters(iop[:3]), _letters(iop[3:]))
+    iop = volume.image_orientation
+    return (_letters(list(iop[:3])), _letters(list(iop[3:])))
 
 
 def _letters(direction: list[float]) -> str:

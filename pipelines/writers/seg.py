@@ -10,9 +10,22 @@ where masks overlap the later label of the definition wins
 that the SR agrees with the SEG. Frames that hold no voxel of their segment
 are left out (``omit_empty_frames``).
 
-The source may be single-frame slices or one Enhanced multi-frame image; for
-the latter the SEG's frames follow the source's frame order, as highdicom
-requires.
+Every frame lies on a source slice, at that slice's own Image Position and
+Orientation, and names it in its Derivation Image Sequence (with its Referenced
+Frame Number for a multi-frame source): masks on a resampled grid (a tilted
+or unevenly spaced stack) are first brought back onto the source slices
+(:meth:`pipelines.volume.Volume.on_source_planes`). The sources may be:
+
+- single-frame slices: highdicom takes each frame's plane from its slice;
+- all frames of one Enhanced multi-frame image: highdicom takes the planes from
+  its functional groups, in the source's frame order;
+- anything else (frames of several multi-frame images, as a Siemens XA
+  Enhanced MR series split over files, or some frames of one, as the magnitude
+  frames of a Philips magnitude/field-map object): highdicom accepts only one
+  multi-frame source, so the planes are passed explicitly, the other images
+  are listed as further sources (Referenced Series Sequence), and each frame's
+  Source Image item is set to the very source frame it was made from
+  (PS3.3 C.7.6.16.2.6 allows any image of the study there).
 
 Every identity comes from the caller: UIDs from :mod:`pipelines.uids` (never
 ``generate_uid()``), the series description and codes from the pipeline
@@ -27,6 +40,7 @@ them and never needs their Pixel Data.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Mapping
@@ -39,7 +53,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicom_node import __version__ as node_version
-from pipelines.errors import PipelineConfigError, UnsupportedInput
+from pipelines.errors import PipelineConfigError, PipelineError
 from pipelines.labelmap import LabelMapMasks
 from pipelines.spec import CodeSpec, LabelSpec, PipelineSpec, SegmentationKind
 from pipelines.uids import ResultUIDs
@@ -71,6 +85,8 @@ SEG_SERIES_NUMBER = 9001
 _DEVICE_SERIAL_NUMBER = "0"
 # Long String (LO) values hold at most 64 characters (PS3.5 6.2).
 _LO_MAX = 64
+# Functional groups highdicom reads from a multi-frame source's Shared group only.
+_SHARED_GEOMETRY = ("PixelMeasuresSequence", "PlaneOrientationSequence")
 
 
 def code(spec: CodeSpec) -> hd.sr.CodedConcept:
@@ -286,7 +302,8 @@ def write_seg(
     volume : Volume
         The source volume; its sorted headers are the source images.
     masks : Mapping[str, numpy.ndarray]
-        Boolean mask per label name, each of shape ``volume.shape``; may overlap.
+        Boolean mask per label name, each of shape ``volume.shape`` (the grid the
+        model saw); may overlap. They are written on the source slices.
     spec : PipelineSpec
         Labels with their codes, algorithm, version and series description.
     uids : ResultUIDs
@@ -305,8 +322,6 @@ def write_seg(
     PipelineConfigError
         If a label has no mask, or a text from the definition is too long for its
         DICOM attribute.
-    UnsupportedInput
-        If the volume is made of frames of more than one multi-frame image.
     ValueError
         If a mask is not boolean or its shape differs from the volume's, or every
         mask is empty.
@@ -334,37 +349,53 @@ def write_seg(
         for name, number in numbers.items()
     ]
     labelmap = spec.segmentation_type == SegmentationKind.LABELMAP
-    if isinstance(masks, LabelMapMasks):
+    planes: dict[str, npt.NDArray[np.bool_]] = {}
+    pixels: npt.NDArray[np.generic]
+    if isinstance(masks, LabelMapMasks) and volume.resampling is None:
         # Disjoint labels of one label map: highdicom takes the segment numbers per pixel
         # for either type, and never needs one boolean array per segment.
-        pixels: npt.NDArray[np.generic] = masks.segment_map(numbers)
+        pixels = masks.segment_map(numbers)
     elif labelmap:
+        # One frame per source slice: masks on a resampled grid go back onto the source planes.
+        planes = {name: volume.on_source_planes(masks[name]) for name in numbers}
         # One label per pixel; the later label wins where masks overlap.
-        painted = np.zeros(volume.shape, dtype=np.uint8)
+        painted = np.zeros(volume.source_shape, dtype=np.uint8)
         for name, number in numbers.items():
-            painted[masks[name]] = number
+            painted[planes[name]] = number
         pixels = painted
     else:
+        planes = {name: volume.on_source_planes(masks[name]) for name in numbers}
         # (frames, rows, columns, segments), frames in the order of the source headers. The
         # segment axis is outermost in memory: highdicom's per-segment slices are then
         # contiguous, and its overlap check (a sum over segments) runs 10x faster.
-        pixels = np.moveaxis(np.stack([masks[name] for name in numbers], axis=0), 0, -1)
+        pixels = np.moveaxis(np.stack([planes[name] for name in numbers], axis=0), 0, -1)
+    del planes
     sources = list(volume.datasets)
+    further: list[Dataset] = []
+    plane_positions: list[hd.PlanePositionSequence] | None = None
     if volume.is_multiframe:
-        sources = list(volume.instances)
-        if len(sources) != 1:
-            raise UnsupportedInput(
-                f"a SEG can refer to one multi-frame source image, the volume has {len(sources)}"
-            )
-        # highdicom wants the frames in the source's own frame order.
-        order = np.argsort([number or 0 for number in volume.frame_numbers])
-        pixels = pixels[order]
+        instances = list(volume.instances)
+        frame_count = int(instances[0].get("NumberOfFrames", 1) or 1)
+        if len(instances) == 1 and sorted(n or 0 for n in volume.frame_numbers) == list(
+            range(1, frame_count + 1)
+        ):
+            # highdicom wants the frames in the source's own frame order.
+            sources = [_shared_geometry(instances[0])]
+            pixels = pixels[np.argsort([number or 0 for number in volume.frame_numbers])]
+        else:
+            sources, further = [_shared_geometry(instances[0])], instances[1:]
+            plane_positions = [
+                hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, position)
+                for position in volume.source_positions
+            ]
     kind = (
         hd.seg.SegmentationTypeValues.LABELMAP if labelmap else hd.seg.SegmentationTypeValues.BINARY
     )
 
     seg = _Segmentation(
         source_images=sources,
+        further_source_images=further or None,
+        plane_positions=plane_positions,
         pixel_array=pixels,
         segmentation_type=kind,
         segment_descriptions=descriptions,
@@ -383,6 +414,8 @@ def write_seg(
         omit_empty_frames=True,
         contributing_equipment=[contributing_equipment(spec, uids)],
     )
+    if plane_positions is not None:
+        _reference_source_frames(seg, volume)
     # highdicom draws a random Dimension Organization UID; derive it so re-runs match.
     dimension_uid = uids.uid("seg-dimension-organization")
     for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
@@ -394,6 +427,61 @@ def write_seg(
         time.perf_counter() - started,
     )
     return seg
+
+
+def _shared_geometry(header: Dataset) -> Dataset:
+    """The header as highdicom can read it: Pixel Measures and Plane Orientation shared.
+
+    highdicom reads a multi-frame source's Pixel Measures and Plane Orientation
+    from its Shared Functional Groups only, but scanners may keep them per
+    frame (Siemens XA, Philips). The loader has checked that every frame has
+    the same spacing and orientation, so a copy with the first frame's items
+    lifted into the Shared group describes the same source. Only highdicom
+    reads the copy; the SEG refers to the source by its UIDs.
+    """
+    shared_items = header.get("SharedFunctionalGroupsSequence")
+    shared = shared_items[0] if shared_items else Dataset()
+    lifted = [name for name in _SHARED_GEOMETRY if name not in shared]
+    per_frame = header.get("PerFrameFunctionalGroupsSequence")
+    if not lifted or not per_frame:
+        return header
+    copied = copy.deepcopy(header)
+    new_shared = copy.deepcopy(shared)
+    for name in lifted:
+        if name in per_frame[0]:
+            setattr(new_shared, name, copy.deepcopy(per_frame[0][name].value))
+    copied.SharedFunctionalGroupsSequence = [new_shared]
+    return copied
+
+
+def _reference_source_frames(seg: hd.seg.Segmentation, volume: Volume) -> None:
+    """Point each frame's Derivation Image item at the source frame on its plane.
+
+    Used where highdicom cannot match planes to frames itself (its matching
+    looks inside one multi-frame source only). Every frame was placed on a
+    source slice's own position, so the match is exact.
+    """
+    positions = volume.source_positions
+    derivation = hd.sr.CodedConcept.from_code(codes.cid7203.SegmentationImageDerivation)
+    purpose = hd.sr.CodedConcept.from_code(codes.cid7202.SourceImageForImageProcessingOperation)
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        position = np.array([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
+        distances = np.linalg.norm(positions - position, axis=1)
+        k = int(np.argmin(distances))
+        if distances[k] > 1e-3:
+            raise PipelineError("a SEG frame lies on no source slice (internal error)")
+        source = volume.datasets[k]
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = source.SOPClassUID
+        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+        if volume.frame_numbers[k] is not None:
+            reference.ReferencedFrameNumber = volume.frame_numbers[k]
+        reference.PurposeOfReferenceCodeSequence = [purpose]
+        reference.SpatialLocationsPreserved = "YES"
+        image = Dataset()
+        image.DerivationCodeSequence = [derivation]
+        image.SourceImageSequence = [reference]
+        item.DerivationImageSequence = [image]
 
 
 def _segment_description(

@@ -129,7 +129,8 @@ def write_sr(
     volume : Volume
         The source volume; its headers are the evidence beside the SEG.
     masks : Mapping[str, numpy.ndarray]
-        The masks the SEG was written from (which slices each segment covers).
+        The masks the SEG was written from, on the volume's grid (which source
+        frames each segment covers).
     seg_dataset : pydicom.dataset.Dataset
         The SEG from :func:`pipelines.writers.seg.write_seg`.
     spec : PipelineSpec
@@ -137,7 +138,8 @@ def write_sr(
     uids : ResultUIDs
         Where the SR's UIDs come from.
     measurements : Mapping[str, RegionStats]
-        Volume and mean per label name.
+        Volume and mean per label name, measured on the grid the masks live on
+        (:meth:`pipelines.volume.Volume.measure`).
     outlines : Outlines or None
         The masks' outlines (:func:`pipelines.outline.trace`), when the job
         traced them already; traced here otherwise.
@@ -341,8 +343,10 @@ def _roi_group(
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     """One TID 1411 group: the segment reference, its tracking identity and measurements."""
     if volume.is_multiframe:
-        # One reference per multi-frame source, naming the frames the segment covers.
-        covered = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+        # One reference per multi-frame source, naming the frames the segment covers
+        # (on the source slices, where the SEG's frames are).
+        planes = volume.on_source_planes(mask)
+        covered = np.flatnonzero(planes.reshape(planes.shape[0], -1).any(axis=1))
         frames: dict[str, list[int]] = {}
         for i in covered:
             frames.setdefault(str(volume.datasets[i].SOPInstanceUID), []).append(

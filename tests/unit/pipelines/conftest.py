@@ -13,6 +13,7 @@ from dicom_node.phantom import PhantomStudy
 from dicom_node.phantom_dx import ChestRadiographPhantom
 from pipelines.run import run_pipeline
 from pipelines.spec import OutputKind, PipelineSpec, load_pipeline_specs
+from tests.factories import TiltedStudy, tilted_uneven_ct
 from tests.unit.pipelines.phantom_series import SENTINEL_NAME, SMALL, PipelineResult
 
 REPO = Path(__file__).resolve().parents[3]
@@ -67,3 +68,9 @@ def classified_every_kind(tmp_path_factory: pytest.TempPathFactory) -> PipelineR
     study = ChestRadiographPhantom(size=256, seed=11).write(folder / "in", (True, False, True))
     manifest = run_pipeline(spec, study.paths, folder / "out", job_id=3, outputs=list(OutputKind))
     return PipelineResult(study=study, manifest=manifest, output_dir=folder / "out")  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def tilted_study(tmp_path_factory: pytest.TempPathFactory) -> TiltedStudy:
+    """The small phantom through an 18-degree gantry tilt, in runs of 4 mm then 7 mm."""
+    return tilted_uneven_ct(tmp_path_factory.mktemp("tilted-phantom"), SMALL)

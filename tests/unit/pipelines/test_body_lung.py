@@ -7,14 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
+from scipy import ndimage
 
-from dicom_node.phantom import PhantomStudy
+from dicom_node.phantom import PhantomLabel, PhantomStudy
 from pipelines.algorithms import builtin_names, get_builtin
 from pipelines.algorithms.body_lung import FillHolesInPlane, KeepLargestComponent
 from pipelines.errors import PipelineConfigError, UnsupportedInput
 from pipelines.load import load_series
 from pipelines.volume import Volume, to_volume
-from tests.unit.pipelines.phantom_series import rewrite_series
+from tests.unit.pipelines.phantom_series import SMALL, rewrite_series
 
 segment = get_builtin("body_lung_threshold")
 
@@ -117,3 +118,68 @@ def test_keep_largest_component_uses_face_connectivity() -> None:
     assert int(KeepLargestComponent(connectivity=3)(image).sum()) == 37
     with pytest.raises(ValueError, match="connectivity"):
         KeepLargestComponent(connectivity=4)
+
+
+def test_airway_is_not_lung_and_lungs_match_the_truth(small_study: PhantomStudy) -> None:
+    """The phantom's trachea and main bronchi are air like the lungs, and join them."""
+    volume = to_volume(load_series(small_study.paths))
+    masks = segment(volume)
+    labels = SMALL.labels()
+    airway = labels == PhantomLabel.AIRWAY
+    lungs = masks["right_lung"] | masks["left_lung"]
+    trachea_slices = [k for k in range(SMALL.slices) if airway[k].sum() == airway[-1].sum()]
+    assert len(trachea_slices) >= 10
+    # Not one voxel of the trachea is lung (the old midline cut gave the top slice's
+    # trachea to the left lung) ...
+    assert not np.any(lungs[trachea_slices] & airway[trachea_slices])
+    # ... and of the main bronchi only the last tip, where each enters its lung.
+    assert np.count_nonzero(lungs & airway) < 0.05 * np.count_nonzero(airway)
+    for name in ("right_lung", "left_lung"):
+        measured = volume.measure(masks[name]).volume_ml
+        assert measured == pytest.approx(small_study.true_volumes_ml[name], rel=0.02), name
+    # Each lung is its own side's: right is -x (LPS), left +x.
+    for name, label in (
+        ("right_lung", PhantomLabel.RIGHT_LUNG),
+        ("left_lung", PhantomLabel.LEFT_LUNG),
+    ):
+        truth = labels == label
+        assert np.count_nonzero(masks[name] & truth) > 0.97 * np.count_nonzero(truth), name
+
+
+def _touching_lungs() -> tuple[Volume, np.ndarray, np.ndarray]:
+    """A CT whose lungs meet along an anterior junction, three pixels thick."""
+    shape = (24, 96, 96)
+    k, r, c = np.indices(shape, dtype=np.float64)
+    body = ((c - 47.5) / 46) ** 2 + ((r - 47.5) / 40) ** 2 <= 1
+    # The right lung is the larger, so they meet left of the body's midline (column 56,
+    # not 47.5): a cut at the midline would give part of the right lung to the left.
+    right = (((c - 36) / 20) ** 2 + ((r - 47) / 22) ** 2 + ((k - 11.5) / 11) ** 2 <= 1) & (c < 56)
+    left = (((c - 72) / 16) ** 2 + ((r - 47) / 22) ** 2 + ((k - 11.5) / 11) ** 2 <= 1) & (c >= 56)
+    # They touch in front of the heart: a bridge between them at the junction.
+    bridge = (np.abs(c - 55.5) <= 8) & (np.abs(r - 30) <= 1) & (np.abs(k - 11.5) <= 6)
+    right |= bridge & (c < 56)
+    left |= bridge & (c >= 56)
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    hu[body] = 40.0
+    hu[right | left] = -850.0
+    header = Dataset()
+    header.Modality = "CT"
+    header.SOPInstanceUID = "1.2.3"
+    # index (slice, row, column) -> LPS: slice along z, row along y, column along x.
+    affine = np.array([[0, 0, 2.0, -95.0], [0, 2.0, 0, -95.0], [5.0, 0, 0, -57.5], [0, 0, 0, 1.0]])
+    volume = Volume(array=hu, affine=affine, spacing=(5.0, 2.0, 2.0), datasets=(header,) * shape[0])
+    assert len(np.unique(ndimage.label(right | left)[0])) == 2  # one component
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    inner = ndimage.binary_erosion(body, structure=in_plane, iterations=3)
+    assert not np.any((right | left) & ~inner)  # enclosed by the chest wall
+    return volume, right, left
+
+
+def test_touching_lungs_are_parted_along_their_junction() -> None:
+    volume, right, left = _touching_lungs()
+    masks = segment(volume)
+    for name, truth in (("right_lung", right), ("left_lung", left)):
+        found = masks[name]
+        assert np.count_nonzero(found & truth) / np.count_nonzero(truth) > 0.98, name
+        assert np.count_nonzero(found & ~truth) / np.count_nonzero(truth) < 0.02, name

@@ -21,7 +21,7 @@ from pydicom.uid import (
 
 from dicom_node.phantom import PhantomStudy
 from pipelines.errors import InconsistentGeometry, PipelineError, UnsupportedInput
-from pipelines.load import load_series
+from pipelines.load import frame_group, frame_kind, load_series
 from pipelines.volume import TensorLayout, to_volume
 from tests.unit.pipelines.phantom_series import SMALL, rewrite_series
 
@@ -210,3 +210,38 @@ def test_uncompressed_pixels_are_read_without_a_second_parse(
     volume = to_volume(load_series(paths))
     for k, path in enumerate(paths):
         np.testing.assert_array_equal(volume.array[k], _reference_hu(path))
+
+
+def test_frame_kind_tells_passes_apart_in_real_enhanced_mr() -> None:
+    """Philips: magnitude and field-map frames; Siemens XA: one time point per file."""
+    corpus = Path("/work/shared/corpus")
+    fmap = load_series([corpus / "enhanced-mr-philips-fmap" / "IM_0027_fMAP.dcm"])
+    types = {frame_kind(fmap, frame).image_type[3] for frame in fmap.frames}
+    assert types == {"M", "FIELD_MAP"}
+    xa = load_series(sorted((corpus / "enhanced-mr-siemens-xa10").iterdir()))
+    by_file = {frame.file_index: frame_kind(xa, frame).temporal_position for frame in xa.frames}
+    assert sorted(by_file.values()) == ["1", "2", "3", "4"]
+
+
+def test_frame_kind_of_single_frame_slices(small_study: PhantomStudy) -> None:
+    series = load_series(small_study.paths[:2])
+    kind = frame_kind(series, series.frames[0])
+    assert kind.image_type == ("ORIGINAL", "PRIMARY", "AXIAL")
+    assert kind.acquisition == "1"
+    assert kind.temporal_position == kind.echo == kind.diffusion == ""
+
+
+def test_frame_group_takes_the_per_frame_item_else_the_shared_one() -> None:
+    path = Path("/work/shared/corpus/enhanced-mr-philips-fmap/IM_0027_fMAP.dcm")
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    first = frame_group(header, 1, "PixelValueTransformationSequence")
+    last = frame_group(header, 64, "PixelValueTransformationSequence")
+    assert first is not None
+    assert last is not None
+    assert float(first.RescaleSlope) != float(last.RescaleSlope)  # magnitude vs field map
+    shared = frame_group(header, 1, "MRTimingAndRelatedParametersSequence")
+    assert (
+        shared is header.SharedFunctionalGroupsSequence[0].MRTimingAndRelatedParametersSequence[0]
+    )
+    assert frame_group(header, 1, "NoSuchSequence") is None
+    assert frame_group(pydicom.Dataset(), 1, "PixelMeasuresSequence") is None

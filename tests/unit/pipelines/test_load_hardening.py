@@ -1,5 +1,6 @@
 """The loader on real files and awkward series: compressed syntaxes, Enhanced multi-frame,
-real multi-slice series, oblique and tilted stacks, blank pixel data, header scans.
+real multi-slice series, oblique stacks, blank pixel data, header scans (tilted and
+unevenly spaced stacks: ``test_volume.py``).
 
 Real files come from pydicom and pydicom-data (``get_testdata_file``). A single
 real slice is turned into a two-slice series by a copy whose position moves
@@ -24,7 +25,7 @@ from pydicom.uid import JPEGBaseline8Bit, generate_uid
 from dicom_node.phantom import PhantomStudy
 from pipelines.errors import InconsistentGeometry, PipelineError, UnsupportedInput
 from pipelines.load import group_by_series, load_series, scan_headers
-from pipelines.volume import MAX_TILT_DEG, to_volume
+from pipelines.volume import to_volume
 from tests.unit.pipelines.phantom_series import SMALL, rewrite_series
 
 
@@ -230,21 +231,6 @@ def test_oblique_series_gets_an_oblique_affine(small_study: PhantomStudy, tmp_pa
     lps = volume.affine @ np.array([4, 7, 2, 1.0])
     ras = meta.affine.numpy() @ np.array([2, 7, 4, 1.0])
     np.testing.assert_allclose(ras[:3], [-lps[0], -lps[1], lps[2]], atol=1e-6)
-
-
-def test_gantry_tilt_is_refused_with_its_angle(small_study: PhantomStudy, tmp_path: Path) -> None:
-    """Axial slices whose positions step 15 degrees off the normal: a tilted gantry."""
-
-    def tilt(dataset: Dataset, index: int) -> None:
-        x, y, z = (float(v) for v in dataset.ImagePositionPatient)
-        shift = index * SMALL.slice_thickness_mm * np.tan(np.radians(15.0))
-        dataset.ImagePositionPatient = [x, round(y + shift, 4), z]
-
-    paths = rewrite_series(small_study.paths, tmp_path, tilt)
-    with pytest.raises(UnsupportedInput, match=r"gantry tilt of 15\.0 degrees") as raised:
-        to_volume(load_series(paths))
-    assert "resampling" in raised.value.reason
-    assert MAX_TILT_DEG < 15.0
 
 
 def test_duplicate_positions_with_new_uids_are_refused(
