@@ -233,7 +233,7 @@ def _place(
     below = np.r_[steps[0], steps] / 2.0
     above = np.r_[steps, steps[-1]] / 2.0
     reach = corners @ normal
-    covered = np.flatnonzero((reach.max() >= depth - below) & (reach.min() <= depth + above))
+    covered = np.flatnonzero((reach.max() > depth - below) & (reach.min() < depth + above))
     if covered.size == 0:
         return None
     first, last = int(covered[0]), int(covered[-1])
